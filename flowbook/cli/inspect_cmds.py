@@ -1,0 +1,62 @@
+"""``logs`` and ``dump``: print what a past run stored, addressed by ``RUN/STEP[/TASK]``."""
+
+from __future__ import annotations
+
+import click
+
+from ..exceptions import ClientError, FlowbookError
+
+
+def _tasks(flow_name: str, pathspec: str, datastore: str | None):
+    from .. import client
+
+    if datastore:
+        client.datastore(datastore)
+    client.namespace(None)
+    parts = pathspec.strip("/").split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise FlowbookError(
+            f"Flow {flow_name}: {pathspec!r} is not a pathspec of the form RUN_ID/STEP[/TASK_ID]."
+        )
+    try:
+        step = client.Step(f"{flow_name}/{parts[0]}/{parts[1]}")
+        return [step[parts[2]]] if len(parts) == 3 else list(step)
+    except ClientError as exc:
+        raise FlowbookError(str(exc)) from None
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # a user's __repr__ may fail
+        text = f"<unprintable: {type(exc).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def add_inspection_commands(cli: click.Group, flow_name: str) -> None:
+    @cli.command(help="Print the stored output of a task: RUN_ID/STEP[/TASK_ID].")
+    @click.argument("pathspec")
+    @click.option("--stderr", "show_stderr", is_flag=True, help="Print stderr instead.")
+    @click.pass_context
+    def logs(ctx: click.Context, pathspec: str, show_stderr: bool) -> None:
+        tasks = _tasks(flow_name, pathspec, ctx.obj["datastore"])
+        for task in tasks:
+            text = task.stderr if show_stderr else task.stdout
+            if len(tasks) > 1:
+                click.echo(f"--- {task.pathspec} ---")
+            click.echo(text, nl=False)
+
+    @cli.command(help="Print the artifacts of a task: RUN_ID/STEP[/TASK_ID].")
+    @click.argument("pathspec")
+    @click.pass_context
+    def dump(ctx: click.Context, pathspec: str) -> None:
+        tasks = _tasks(flow_name, pathspec, ctx.obj["datastore"])
+        for task in tasks:
+            click.echo(f"{task.pathspec} ({'successful' if task.successful else 'not successful'})")
+            artifacts = sorted(task, key=lambda a: a.id)
+            width = max((len(a.id) for a in artifacts), default=0)
+            type_width = max((len(a.type) for a in artifacts), default=0)
+            for artifact in artifacts:
+                value = short_repr(artifact.data)
+                click.echo(f"  {artifact.id:<{width}}  {artifact.type:<{type_width}}  {value}")

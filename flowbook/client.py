@@ -1,0 +1,474 @@
+"""The Client API: read past runs, their tasks, artifacts and logs.
+
+Objects nest as in Metaflow: ``Metaflow()`` > ``Flow`` > ``Run`` > ``Step`` > ``Task``
+> ``DataArtifact``, each named by a pathspec (``Flow/run_id/step/task_id/name``).
+Everything is read from the datastore (``FLOWBOOK_DATASTORE`` or ``./.flowbook``;
+:func:`datastore` changes it) and artifact values load only when asked for.
+
+Namespaces work as in Metaflow: by default you see your own runs (``user:<you>``);
+``namespace(None)`` shows everyone's, ``namespace('team:x')`` runs with that tag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .datastore import Datastore, default_datastore_url
+from .exceptions import ClientNotFound, MissingArtifactError
+
+_DEFAULT = object()
+_state: dict[str, Any] = {"namespace": _DEFAULT, "datastore_url": None, "datastores": {}}
+
+
+# ---------------------------------------------------------------------- configuration
+def _user_namespace() -> str:
+    from .runtime.launch import current_user
+
+    return f"user:{current_user()}"
+
+
+def namespace(ns: str | None) -> str | None:
+    """Set the namespace for later lookups (None: every run); returns it."""
+    _state["namespace"] = ns
+    return ns
+
+
+def get_namespace() -> str | None:
+    ns = _state["namespace"]
+    return _user_namespace() if ns is _DEFAULT else ns
+
+
+def default_namespace() -> str:
+    """Go back to the default namespace, ``user:<you>``, and return it."""
+    _state["namespace"] = _DEFAULT
+    return _user_namespace()
+
+
+def datastore(url: str | None = None) -> str:
+    """Read runs from the datastore at ``url`` (None: back to the default); returns it."""
+    _state["datastore_url"] = url
+    return url or default_datastore_url()
+
+
+def _datastore() -> Datastore:
+    url = _state["datastore_url"] or default_datastore_url()
+    cache = _state["datastores"]
+    if url not in cache:
+        cache[url] = Datastore(url)
+    return cache[url]
+
+
+def _in_namespace(run_record: dict) -> bool:
+    ns = get_namespace()
+    if ns is None:
+        return True
+    return ns in run_record.get("tags", []) or ns in run_record.get("system_tags", [])
+
+
+def _split(pathspec: str, parts: int, kind: str) -> list[str]:
+    pieces = pathspec.strip("/").split("/")
+    if len(pieces) != parts or not all(pieces):
+        example = "/".join(["Flow", "run_id", "step", "task_id", "name"][:parts])
+        raise ClientNotFound(f"{kind} pathspec {pathspec!r} is not of the form '{example}'.")
+    return pieces
+
+
+# ---------------------------------------------------------------------- objects
+class _ClientObject:
+    _kind = "object"
+
+    def __init__(self, pathspec: str) -> None:
+        self.pathspec = pathspec
+        self.id = pathspec.rsplit("/", 1)[-1]
+        self._ds = _datastore()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{self.pathspec}')"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.pathspec == other.pathspec  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.pathspec))
+
+
+class Metaflow:
+    """Every flow in the datastore."""
+
+    @property
+    def flows(self) -> list[Flow]:
+        ds = _datastore()
+        return [Flow(name) for name in ds.list_flows()]
+
+    def __iter__(self) -> Iterator[Flow]:
+        return iter(self.flows)
+
+    def __repr__(self) -> str:
+        return "Metaflow()"
+
+
+class Flow(_ClientObject):
+    """A flow: all of its runs, newest first."""
+
+    def __init__(self, pathspec: str) -> None:
+        (name,) = _split(pathspec, 1, "Flow")
+        super().__init__(name)
+        if not self._ds.list_runs(name):
+            raise ClientNotFound(f"Flow {name} has no runs in datastore {self._ds.url}.")
+
+    def runs(self, *tags: str) -> Iterator[Run]:
+        """Runs in the current namespace (with all of ``tags``), newest first."""
+        for run_id in self._ds.list_runs(self.id):
+            record = self._ds.read_run(self.id, run_id)
+            if record is None or not _in_namespace(record):
+                continue
+            all_tags = set(record.get("tags", [])) | set(record.get("system_tags", []))
+            if all(t in all_tags for t in tags):
+                yield Run(f"{self.id}/{run_id}", _record=record)
+
+    def __iter__(self) -> Iterator[Run]:
+        return self.runs()
+
+    def __getitem__(self, run_id: str) -> Run:
+        return Run(f"{self.id}/{run_id}")
+
+    @property
+    def latest_run(self) -> Run | None:
+        return next(self.runs(), None)
+
+    @property
+    def latest_successful_run(self) -> Run | None:
+        return next((r for r in self.runs() if r.successful), None)
+
+
+class Run(_ClientObject):
+    """One run of a flow."""
+
+    def __init__(self, pathspec: str, _record: dict | None = None) -> None:
+        flow, run_id = _split(pathspec, 2, "Run")
+        super().__init__(pathspec)
+        self.flow_name = flow
+        record = _record if _record is not None else self._ds.read_run(flow, run_id)
+        if record is None:
+            raise ClientNotFound(f"Run {pathspec} does not exist in datastore {self._ds.url}.")
+        if _record is None and not _in_namespace(record):
+            raise ClientNotFound(
+                f"Run {pathspec} is not in namespace {get_namespace()!r}; "
+                "use namespace(None) to see every run."
+            )
+        self._record = record
+
+    @property
+    def _status(self) -> dict | None:
+        return self._ds.read_run_status(self.flow_name, self.id)
+
+    def steps(self) -> Iterator[Step]:
+        """Steps that ran, from the last to the first (as Metaflow lists them)."""
+        order = [s["name"] for s in self._record.get("graph", {}).get("steps", [])]
+        present = set(self._ds.list_steps(self.flow_name, self.id))
+        names = [n for n in order if n in present] + sorted(present - set(order))
+        for name in reversed(names):
+            yield Step(f"{self.pathspec}/{name}", _run=self)
+
+    def __iter__(self) -> Iterator[Step]:
+        return self.steps()
+
+    def __getitem__(self, step_name: str) -> Step:
+        if step_name not in self._ds.list_steps(self.flow_name, self.id):
+            raise ClientNotFound(f"Run {self.pathspec} has no step '{step_name}'.")
+        return Step(f"{self.pathspec}/{step_name}", _run=self)
+
+    def __contains__(self, step_name: object) -> bool:
+        return step_name in self._ds.list_steps(self.flow_name, self.id)
+
+    @property
+    def end_task(self) -> Task | None:
+        if "end" not in self:
+            return None
+        return self["end"].task
+
+    @property
+    def data(self) -> MetaflowData | None:
+        """The end step's artifacts (None when the run has not reached the end)."""
+        task = self.end_task
+        return task.data if task is not None else None
+
+    @property
+    def successful(self) -> bool:
+        status = self._status
+        if status is not None:
+            return bool(status.get("successful"))
+        task = self.end_task
+        return bool(task and task.successful)
+
+    @property
+    def finished(self) -> bool:
+        return self._status is not None
+
+    @property
+    def finished_at(self) -> float | None:
+        status = self._status
+        return status.get("finished_at") if status else None
+
+    @property
+    def created_at(self) -> float:
+        return self._record.get("created_at")
+
+    @property
+    def user_tags(self) -> frozenset[str]:
+        return frozenset(self._record.get("tags", []))
+
+    @property
+    def system_tags(self) -> frozenset[str]:
+        return frozenset(self._record.get("system_tags", []))
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return self.user_tags | self.system_tags
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return {
+            name: self._ds.load_artifact(entry, name, self.pathspec)
+            for name, entry in self._record.get("parameters", {}).items()
+        }
+
+    @property
+    def origin_run_id(self) -> str | None:
+        return self._record.get("origin_run_id")
+
+    @property
+    def failures(self) -> list[str]:
+        status = self._status
+        return list(status.get("failures", [])) if status else []
+
+
+class Step(_ClientObject):
+    """One step of a run: its tasks (several for a foreach)."""
+
+    def __init__(self, pathspec: str, _run: Run | None = None) -> None:
+        flow, run_id, step_name = _split(pathspec, 3, "Step")
+        super().__init__(pathspec)
+        self.flow_name, self.run_id = flow, run_id
+        if _run is None:
+            Run(f"{flow}/{run_id}")  # checks existence and namespace
+            if step_name not in self._ds.list_steps(flow, run_id):
+                raise ClientNotFound(f"Run {flow}/{run_id} has no step '{step_name}'.")
+
+    def tasks(self) -> Iterator[Task]:
+        for task_id in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
+            yield Task(f"{self.pathspec}/{task_id}", _checked=True)
+
+    def __iter__(self) -> Iterator[Task]:
+        return self.tasks()
+
+    def __getitem__(self, task_id: str) -> Task:
+        if task_id not in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
+            raise ClientNotFound(f"Step {self.pathspec} has no task {task_id}.")
+        return Task(f"{self.pathspec}/{task_id}", _checked=True)
+
+    @property
+    def task(self) -> Task | None:
+        """The step's first task (the only one unless the step is in a foreach)."""
+        return next(self.tasks(), None)
+
+
+class Task(_ClientObject):
+    """One task: its artifacts, logs and outcome (of its latest attempt)."""
+
+    def __init__(self, pathspec: str, _checked: bool = False) -> None:
+        flow, run_id, step_name, task_id = _split(pathspec, 4, "Task")
+        super().__init__(pathspec)
+        self.flow_name, self.run_id, self.step_name = flow, run_id, step_name
+        if not _checked:
+            Step(f"{flow}/{run_id}/{step_name}")
+            if task_id not in self._ds.list_tasks(flow, run_id, step_name):
+                raise ClientNotFound(f"Step {flow}/{run_id}/{step_name} has no task {task_id}.")
+        self._attempt: int | None = None
+        self._record_cache: dict | None = None
+
+    @property
+    def _record(self) -> dict:
+        if self._record_cache is None or self._record_cache.get("status") == "running":
+            self._attempt, self._record_cache = self._ds.latest_attempt(
+                self.flow_name, self.run_id, self.step_name, self.id
+            )
+        return self._record_cache
+
+    @property
+    def current_attempt(self) -> int:
+        self._record  # noqa: B018 - loads the attempt number
+        return max(self._attempt or 0, 0)
+
+    @property
+    def successful(self) -> bool:
+        return self._record.get("status") == "successful"
+
+    @property
+    def finished(self) -> bool:
+        return self._record.get("status") in ("successful", "failed")
+
+    @property
+    def finished_at(self) -> float | None:
+        return self._record.get("finished_at")
+
+    @property
+    def created_at(self) -> float | None:
+        return self._record.get("started_at")
+
+    @property
+    def exception(self) -> str | None:
+        """The user's exception as ``Type: message``, or None."""
+        exc = self._record.get("exception")
+        return f"{exc['type']}: {exc['message']}" if exc else None
+
+    @property
+    def traceback(self) -> str | None:
+        exc = self._record.get("exception")
+        return exc.get("traceback") if exc else None
+
+    @property
+    def index(self) -> int | None:
+        stack = self._record.get("foreach_stack") or []
+        return stack[-1]["index"] if stack else None
+
+    @property
+    def origin_pathspec(self) -> str | None:
+        return self._record.get("origin_pathspec")
+
+    @property
+    def parent_task_pathspecs(self) -> list[str]:
+        return list(self._record.get("parents", []))
+
+    @property
+    def metadata_dict(self) -> dict[str, Any]:
+        keep = ("attempt", "pid", "started_at", "finished_at", "status", "origin_pathspec")
+        return {k: self._record.get(k) for k in keep if k in self._record}
+
+    def _log(self, stream: str) -> str:
+        self._record  # noqa: B018
+        attempt = max(self._attempt or 0, 0)
+        return self._ds.read_log(
+            self.flow_name, self.run_id, self.step_name, self.id, attempt, stream
+        )
+
+    @property
+    def stdout(self) -> str:
+        return self._log("stdout")
+
+    @property
+    def stderr(self) -> str:
+        return self._log("stderr")
+
+    def _entries(self) -> dict[str, dict]:
+        return self._record.get("artifacts") or {}
+
+    @property
+    def artifacts(self) -> _ArtifactNamespace:
+        return _ArtifactNamespace(
+            {name: DataArtifact._from(self, name, e) for name, e in self._entries().items()}
+        )
+
+    @property
+    def data(self) -> MetaflowData:
+        return MetaflowData(self)
+
+    def __getitem__(self, name: str) -> DataArtifact:
+        entry = self._entries().get(name)
+        if entry is None:
+            raise ClientNotFound(f"Task {self.pathspec} has no artifact '{name}'.")
+        return DataArtifact._from(self, name, entry)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries()
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        for name, entry in self._entries().items():
+            yield DataArtifact._from(self, name, entry)
+
+
+class DataArtifact(_ClientObject):
+    """One artifact of a task; ``.data`` loads its value."""
+
+    def __init__(self, pathspec: str) -> None:
+        flow, run_id, step_name, task_id, name = _split(pathspec, 5, "DataArtifact")
+        task = Task(f"{flow}/{run_id}/{step_name}/{task_id}")
+        found = task[name]
+        self.__dict__.update(found.__dict__)
+
+    @classmethod
+    def _from(cls, task: Task, name: str, entry: dict) -> DataArtifact:
+        obj = cls.__new__(cls)
+        _ClientObject.__init__(obj, f"{task.pathspec}/{name}")
+        obj._task = task
+        obj._entry = entry
+        return obj
+
+    @property
+    def data(self) -> Any:
+        return self._ds.load_artifact(self._entry, self.id, self._task.pathspec)
+
+    @property
+    def sha(self) -> str:
+        return self._entry["sha"]
+
+    @property
+    def type(self) -> str:
+        return self._entry.get("type", "")
+
+    @property
+    def size(self) -> int:
+        return self._entry.get("size", 0)
+
+    @property
+    def finished_at(self) -> float | None:
+        return self._task.finished_at
+
+
+class MetaflowData:
+    """A task's artifact values as attributes: ``task.data.model``."""
+
+    def __init__(self, task: Task) -> None:
+        object.__setattr__(self, "_task", task)
+        object.__setattr__(self, "_cache", {})
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        cache = self._cache
+        if name not in cache:
+            entry = self._task._entries().get(name)
+            if entry is None:
+                raise MissingArtifactError(f"Task {self._task.pathspec} has no artifact '{name}'.")
+            cache[name] = self._task._ds.load_artifact(entry, name, self._task.pathspec)
+        return cache[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._task._entries()
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._task._entries())
+
+    def __repr__(self) -> str:
+        return f"<data of {self._task.pathspec}: {', '.join(sorted(self._task._entries()))}>"
+
+
+class _ArtifactNamespace:
+    def __init__(self, artifacts: dict[str, DataArtifact]) -> None:
+        self._artifacts = artifacts
+
+    def __getattr__(self, name: str) -> DataArtifact:
+        try:
+            return self.__dict__["_artifacts"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self) -> Iterator[DataArtifact]:
+        return iter(self._artifacts.values())
+
+    def __len__(self) -> int:
+        return len(self._artifacts)
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._artifacts)

@@ -1,0 +1,157 @@
+"""Content-addressed artifact blobs: ``blobs/<sha[:2]>/<sha>``, written once, verified on read.
+
+Blob format (version 1)::
+
+    b"FBK1" | uint32 header length | header JSON | pickle stream | buffer 0 | buffer 1 | ...
+
+The header is ``{"v": 1, "p": <pickle bytes>, "b": [<buffer bytes>, ...]}``. Objects
+are pickled with cloudpickle, protocol 5, with out-of-band buffers: a NumPy array's
+data is never copied into the pickle stream, it is written straight from the array's
+memory and read straight into fresh buffers that the unpickled array adopts. The
+blob's name is the SHA-256 of all its bytes, so equal values are stored once, and a
+blob whose bytes no longer match its name is reported as corrupt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..exceptions import ArtifactError, CorruptBlobError, DatastoreError
+from .storage import Storage
+
+MAGIC = b"FBK1"
+FORMAT_VERSION = 1
+_LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    sha: str
+    size: int
+
+
+def type_name(obj: Any) -> str:
+    kind = type(obj)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def serialize(obj: Any, artifact_name: str = "") -> list[bytes | memoryview]:
+    """The blob's bytes as chunks, without copying large buffers."""
+    import cloudpickle
+
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        raws = [buf.raw() for buf in buffers]
+    except BufferError:  # a non-contiguous buffer: keep it in-band
+        stream = cloudpickle.dumps(obj, protocol=5)
+        raws = []
+    except Exception as exc:
+        what = f"artifact '{artifact_name}'" if artifact_name else "object"
+        raise ArtifactError(
+            f"Cannot store {what} of type {type_name(obj)}: it cannot be pickled "
+            f"({type(exc).__name__}: {exc})."
+        ) from None
+    header = json.dumps(
+        {"v": FORMAT_VERSION, "p": len(stream), "b": [r.nbytes for r in raws]},
+        separators=(",", ":"),
+    ).encode()
+    return [MAGIC + _LEN.pack(len(header)) + header, stream, *raws]
+
+
+def content_hash(chunks: list[bytes | memoryview]) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    for chunk in chunks:
+        hasher.update(chunk)
+        size += memoryview(chunk).nbytes
+    return hasher.hexdigest(), size
+
+
+class BlobStore:
+    """Put and get Python objects by content hash."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    @staticmethod
+    def path(sha: str) -> str:
+        return f"blobs/{sha[:2]}/{sha}"
+
+    def put(self, obj: Any, artifact_name: str = "") -> StoredBlob:
+        chunks = serialize(obj, artifact_name)
+        sha, size = content_hash(chunks)
+        path = self.path(sha)
+        if not self.storage.exists(path):
+            self.storage.write_chunks(path, chunks)
+        return StoredBlob(sha, size)
+
+    def get(self, sha: str, what: str = "") -> Any:
+        """Load the object stored under ``sha``; ``what`` names it in errors."""
+        what = what or f"blob {sha[:12]}"
+        path = self.path(sha)
+        try:
+            handle = self.storage.open_read(path)
+        except FileNotFoundError:
+            raise DatastoreError(
+                f"{what}: its blob {sha[:12]} is missing from datastore {self.storage.url}."
+            ) from None
+        with handle:
+            hasher = hashlib.sha256()
+            prefix = _read_exact(handle, 8, what, sha)
+            hasher.update(prefix)
+            if prefix[:4] != MAGIC:
+                raise CorruptBlobError(f"{what}: blob {sha[:12]} is corrupt (bad header).")
+            (header_len,) = _LEN.unpack(prefix[4:])
+            header_bytes = _read_exact(handle, header_len, what, sha)
+            hasher.update(header_bytes)
+            try:
+                header = json.loads(header_bytes)
+                if header["v"] != FORMAT_VERSION:
+                    raise DatastoreError(
+                        f"{what}: blob {sha[:12]} has format version {header['v']}, "
+                        f"this flowbook reads version {FORMAT_VERSION}."
+                    )
+            except (ValueError, KeyError, TypeError):
+                raise CorruptBlobError(
+                    f"{what}: blob {sha[:12]} is corrupt (unreadable header)."
+                ) from None
+            stream = _read_exact(handle, header["p"], what, sha)
+            hasher.update(stream)
+            buffers = []
+            for length in header["b"]:
+                buf = bytearray(length)
+                view = memoryview(buf)
+                filled = 0
+                while filled < length:
+                    got = handle.readinto(view[filled:])
+                    if not got:
+                        raise CorruptBlobError(f"{what}: blob {sha[:12]} is corrupt (truncated).")
+                    filled += got
+                hasher.update(buf)
+                buffers.append(buf)
+            if handle.read(1):
+                raise CorruptBlobError(f"{what}: blob {sha[:12]} is corrupt (trailing bytes).")
+        if hasher.hexdigest() != sha:
+            raise CorruptBlobError(
+                f"{what}: blob {sha[:12]} is corrupt: its content does not match its hash."
+            )
+        try:
+            return pickle.loads(stream, buffers=buffers)
+        except Exception as exc:
+            raise ArtifactError(
+                f"{what} cannot be unpickled here ({type(exc).__name__}: {exc})."
+            ) from None
+
+
+def _read_exact(handle, size: int, what: str, sha: str) -> bytes:
+    data = handle.read(size)
+    if len(data) != size:
+        raise CorruptBlobError(f"{what}: blob {sha[:12]} is corrupt (truncated).")
+    return data

@@ -1,0 +1,170 @@
+"""Run and task metadata: small JSON objects beside the blobs, each written atomically.
+
+Layout under the datastore root::
+
+    blobs/<sha[:2]>/<sha>                              artifact blobs (see blobs.py)
+    flows/<Flow>/<run_id>/run.json                     parameters, tags, graph, start time
+    flows/<Flow>/<run_id>/status.json                  written once the run ends
+    flows/<Flow>/<run_id>/<step>/<task_id>/<n>.start.json   attempt n started
+    flows/<Flow>/<run_id>/<step>/<task_id>/<n>.stdout       its output (plain text)
+    flows/<Flow>/<run_id>/<step>/<task_id>/<n>.stderr
+    flows/<Flow>/<run_id>/<step>/<task_id>/<n>.done.json    attempt n ended: status,
+                                                            artifact index, exception
+
+An attempt is successful when its ``done.json`` says so; the artifact index in it
+maps each artifact name to its blob's hash, type and size. Nothing else describes a
+task, so a task either has a complete, readable record or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from .blobs import BlobStore
+from .storage import Storage, open_storage
+
+
+def _dumps(record: dict) -> bytes:
+    return json.dumps(record, separators=(",", ":"), default=str).encode()
+
+
+class Datastore:
+    """One datastore: blobs plus run and task records under one root."""
+
+    def __init__(self, url: str | None = None, storage: Storage | None = None) -> None:
+        self.storage = storage or open_storage(url)
+        self.url = self.storage.url
+        self.blobs = BlobStore(self.storage)
+
+    # ---------------------------------------------------------------- paths
+    @staticmethod
+    def run_path(flow: str, run_id: str) -> str:
+        return f"flows/{flow}/{run_id}"
+
+    @staticmethod
+    def task_path(flow: str, run_id: str, step: str, task_id: str) -> str:
+        return f"flows/{flow}/{run_id}/{step}/{task_id}"
+
+    def attempt_file(
+        self, flow: str, run_id: str, step: str, task_id: str, attempt: int, kind: str
+    ) -> str:
+        return f"{self.task_path(flow, run_id, step, task_id)}/{attempt}.{kind}"
+
+    # ---------------------------------------------------------------- runs
+    def new_run_id(self, flow: str) -> str:
+        """A fresh numeric run id (microseconds since the epoch), unique per flow."""
+        candidate = time.time_ns() // 1000
+        while True:
+            run_id = str(candidate)
+            if self._claim_run(flow, run_id):
+                return run_id
+            candidate += 1
+
+    def _claim_run(self, flow: str, run_id: str) -> bool:
+        if self.storage.is_local:
+            path = self.storage.local_path(self.run_path(flow, run_id))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            try:
+                os.mkdir(path)
+            except FileExistsError:
+                return False
+            return True
+        return not self.storage.exists(f"{self.run_path(flow, run_id)}/run.json")
+
+    def write_run(self, flow: str, run_id: str, record: dict) -> None:
+        self.storage.write_bytes(f"{self.run_path(flow, run_id)}/run.json", _dumps(record))
+
+    def read_run(self, flow: str, run_id: str) -> dict | None:
+        return self._read_json(f"{self.run_path(flow, run_id)}/run.json")
+
+    def write_run_status(self, flow: str, run_id: str, record: dict) -> None:
+        self.storage.write_bytes(f"{self.run_path(flow, run_id)}/status.json", _dumps(record))
+
+    def read_run_status(self, flow: str, run_id: str) -> dict | None:
+        return self._read_json(f"{self.run_path(flow, run_id)}/status.json")
+
+    def list_flows(self) -> list[str]:
+        return sorted(self.storage.list("flows"))
+
+    def list_runs(self, flow: str) -> list[str]:
+        """Run ids of a flow, newest first."""
+        runs = [r for r in self.storage.list(f"flows/{flow}") if r.isdigit()]
+        return sorted(runs, key=int, reverse=True)
+
+    def list_steps(self, flow: str, run_id: str) -> list[str]:
+        return [name for name in self.storage.list(self.run_path(flow, run_id)) if "." not in name]
+
+    def list_tasks(self, flow: str, run_id: str, step: str) -> list[str]:
+        tasks = self.storage.list(f"{self.run_path(flow, run_id)}/{step}")
+        return sorted(tasks, key=lambda t: (len(t), t))
+
+    # ---------------------------------------------------------------- tasks
+    def write_attempt_start(
+        self, flow: str, run_id: str, step: str, task_id: str, attempt: int, record: dict
+    ) -> None:
+        path = self.attempt_file(flow, run_id, step, task_id, attempt, "start.json")
+        self.storage.write_bytes(path, _dumps(record))
+
+    def write_attempt_done(
+        self, flow: str, run_id: str, step: str, task_id: str, attempt: int, record: dict
+    ) -> None:
+        path = self.attempt_file(flow, run_id, step, task_id, attempt, "done.json")
+        self.storage.write_bytes(path, _dumps(record))
+
+    def read_attempt_done(
+        self, flow: str, run_id: str, step: str, task_id: str, attempt: int
+    ) -> dict | None:
+        return self._read_json(self.attempt_file(flow, run_id, step, task_id, attempt, "done.json"))
+
+    def task_attempts(self, flow: str, run_id: str, step: str, task_id: str) -> dict[int, set]:
+        """Which files exist for each attempt: {attempt: {"start.json", "done.json", ...}}."""
+        attempts: dict[int, set] = {}
+        for name in self.storage.list(self.task_path(flow, run_id, step, task_id)):
+            number, _, kind = name.partition(".")
+            if number.isdigit():
+                attempts.setdefault(int(number), set()).add(kind)
+        return attempts
+
+    def latest_attempt(self, flow: str, run_id: str, step: str, task_id: str) -> tuple[int, dict]:
+        """The latest attempt number and its record (done, else start, else {})."""
+        attempts = self.task_attempts(flow, run_id, step, task_id)
+        if not attempts:
+            return -1, {}
+        number = max(attempts)
+        kinds = attempts[number]
+        for kind in ("done.json", "start.json"):
+            if kind in kinds:
+                record = self._read_json(
+                    self.attempt_file(flow, run_id, step, task_id, number, kind)
+                )
+                if record is not None:
+                    if kind == "start.json":
+                        record = dict(record, status="running")
+                    return number, record
+        return number, {}
+
+    def read_log(
+        self, flow: str, run_id: str, step: str, task_id: str, attempt: int, stream: str
+    ) -> str:
+        path = self.attempt_file(flow, run_id, step, task_id, attempt, stream)
+        try:
+            return self.storage.read_bytes(path).decode("utf-8", errors="replace")
+        except (FileNotFoundError, OSError):
+            return ""
+
+    # ---------------------------------------------------------------- artifacts
+    def load_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
+        return self.blobs.get(entry["sha"], what=f"Artifact '{name}' of task {pathspec}")
+
+    # ---------------------------------------------------------------- helpers
+    def _read_json(self, path: str) -> dict | None:
+        try:
+            data = self.storage.read_bytes(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            return None
+        return json.loads(data)

@@ -1,0 +1,233 @@
+"""Raw storage under one root URL: bytes in, bytes out, every write atomic.
+
+Two implementations of one small interface:
+
+* :class:`LocalStorage` for a directory (plain paths and ``file://`` URLs). It uses
+  ``os`` directly because it sits on every task's hot path; each object is written
+  to a temporary file under ``<root>/tmp`` and renamed into place, so a reader never
+  sees half an object, even when the writer is killed with SIGKILL.
+* :class:`FsspecStorage` for any other fsspec URL (``s3://...``, ``memory://...``).
+  A single PUT is atomic on object stores, so objects are uploaded whole.
+
+Paths are ``/``-separated and relative to the root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Iterable
+from typing import BinaryIO
+
+from ..exceptions import DatastoreError
+
+
+class Storage:
+    """The interface both storages implement."""
+
+    url: str
+    is_local: bool = False
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def open_read(self, path: str) -> BinaryIO:
+        raise NotImplementedError
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write ``data`` at ``path`` atomically, replacing any earlier object."""
+        self.write_chunks(path, [data])
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
+        """Write the concatenation of ``chunks`` at ``path`` atomically."""
+        raise NotImplementedError
+
+    def list(self, path: str) -> list[str]:
+        """Names (not paths) directly under ``path``; empty when it does not exist."""
+        raise NotImplementedError
+
+    def local_path(self, path: str) -> str | None:
+        """A filesystem path for ``path`` when the storage is local, else None."""
+        return None
+
+    def check_writable(self) -> None:
+        """Raise DatastoreError (one line) unless objects can be written here."""
+        probe = f"tmp/probe-{uuid.uuid4().hex}"
+        try:
+            self.write_bytes(probe, b"ok")
+            self.delete(probe)
+        except DatastoreError:
+            raise
+        except Exception as exc:  # every backend fails differently
+            raise DatastoreError(f"Datastore {self.url} is not writable: {exc}") from None
+
+    def delete(self, path: str) -> None:
+        raise NotImplementedError
+
+
+class LocalStorage(Storage):
+    is_local = True
+
+    def __init__(self, root: str, create: bool = True) -> None:
+        root = os.path.abspath(os.path.expanduser(root))
+        self.url = root
+        self.root = root
+        self._tmp = os.path.join(root, "tmp")
+        self._made_dirs: set[str] = set()
+        if not os.path.isdir(root):
+            parent = os.path.dirname(root)
+            if not create or not os.path.isdir(parent):
+                raise DatastoreError(
+                    f"Datastore {root} does not exist"
+                    + ("" if os.path.isdir(parent) else f" (nor does its parent {parent})")
+                    + "; create it or point FLOWBOOK_DATASTORE / --datastore elsewhere."
+                )
+            try:
+                os.makedirs(root, exist_ok=True)
+            except OSError as exc:
+                raise DatastoreError(
+                    f"Cannot create datastore {root}: {exc.strerror or exc}."
+                ) from None
+
+    def _full(self, path: str) -> str:
+        return os.path.join(self.root, path)
+
+    def local_path(self, path: str) -> str:
+        return self._full(path)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self._full(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(self._full(path), "rb") as handle:
+            return handle.read()
+
+    def open_read(self, path: str) -> BinaryIO:
+        return open(self._full(path), "rb")
+
+    def ensure_dir(self, directory: str) -> None:
+        if directory in self._made_dirs:
+            return
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise self._write_error(directory, exc) from None
+        self._made_dirs.add(directory)
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
+        target = self._full(path)
+        self.ensure_dir(self._tmp)
+        self.ensure_dir(os.path.dirname(target))
+        tmp = os.path.join(self._tmp, f"{os.getpid()}-{uuid.uuid4().hex}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise self._write_error(path, exc) from None
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as handle:
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    while view:
+                        written = handle.write(view)
+                        view = view[written:]
+            os.replace(tmp, target)
+        except BaseException as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if isinstance(exc, OSError):
+                raise self._write_error(path, exc) from None
+            raise
+
+    def _write_error(self, path: str, exc: OSError) -> DatastoreError:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return DatastoreError(f"Datastore {self.root} is read-only: cannot write {path}.")
+        if exc.errno == errno.ENOSPC:
+            return DatastoreError(f"Datastore {self.root} is full: cannot write {path}.")
+        return DatastoreError(f"Datastore {self.root}: cannot write {path}: {exc.strerror or exc}.")
+
+    def list(self, path: str) -> list[str]:
+        try:
+            return os.listdir(self._full(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def delete(self, path: str) -> None:
+        try:
+            os.unlink(self._full(path))
+        except FileNotFoundError:
+            pass
+
+
+class FsspecStorage(Storage):
+    def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        import fsspec  # imported only for remote datastores: it is slow to import
+
+        self.url = url.rstrip("/")
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        except (ImportError, ValueError) as exc:
+            raise DatastoreError(f"Cannot open datastore {url}: {exc}") from None
+        self.root = self.root.rstrip("/")
+
+    def _full(self, path: str) -> str:
+        return f"{self.root}/{path}" if path else self.root
+
+    def exists(self, path: str) -> bool:
+        return self.fs.exists(self._full(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(self._full(path))
+
+    def open_read(self, path: str) -> BinaryIO:
+        return self.fs.open(self._full(path), "rb")
+
+    def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
+        data = b"".join(bytes(c) if isinstance(c, memoryview) else c for c in chunks)
+        try:
+            self.fs.pipe_file(self._full(path), data)
+        except PermissionError as exc:
+            raise DatastoreError(f"Datastore {self.url} is read-only: {exc}") from None
+        except OSError as exc:
+            raise DatastoreError(f"Datastore {self.url}: cannot write {path}: {exc}") from None
+
+    def list(self, path: str) -> list[str]:
+        full = self._full(path)
+        try:
+            entries = self.fs.ls(full, detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        prefix = full.rstrip("/") + "/"
+        names = []
+        for entry in entries:
+            entry = entry.rstrip("/")
+            if entry.startswith(prefix):
+                names.append(entry[len(prefix) :])
+            else:
+                names.append(entry.rsplit("/", 1)[-1])
+        return [n for n in names if n]
+
+    def delete(self, path: str) -> None:
+        try:
+            self.fs.rm_file(self._full(path))
+        except FileNotFoundError:
+            pass
+
+
+def default_datastore_url() -> str:
+    return os.environ.get("FLOWBOOK_DATASTORE") or os.path.join(os.getcwd(), ".flowbook")
+
+
+def open_storage(url: str | None = None, create: bool = True) -> Storage:
+    """The storage for a datastore URL (default: ``FLOWBOOK_DATASTORE`` or ./.flowbook)."""
+    url = url or default_datastore_url()
+    if url.startswith("file://"):
+        return LocalStorage(url[len("file://") :], create=create)
+    if "://" not in url:
+        return LocalStorage(url, create=create)
+    return FsspecStorage(url)

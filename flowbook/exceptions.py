@@ -1,0 +1,113 @@
+"""The errors flowbook raises on purpose.
+
+Every error a user can cause is a :class:`FlowbookError`: its first line is a
+headline the user can act on, naming the flow, step, cell or artifact at fault.
+Command-line entry points print ``headline`` and exit non-zero instead of showing
+a traceback from inside flowbook.
+"""
+
+from __future__ import annotations
+
+
+class FlowbookError(Exception):
+    """Base class of every error flowbook raises on purpose."""
+
+    headline = "flowbook error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.headline)
+        self.message = message or self.headline
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):
+        # Errors cross process boundaries (task -> scheduler -> kernel): keep them picklable.
+        return (self.__class__, (self.message,))
+
+
+class GraphError(FlowbookError):
+    """The flow's DAG is not valid; nothing has run."""
+
+    headline = "invalid flow graph"
+
+
+class ParameterError(FlowbookError):
+    """A parameter is missing or has a value of the wrong type; nothing has run."""
+
+    headline = "invalid parameter"
+
+
+class DatastoreError(FlowbookError):
+    """The datastore is missing, read-only, or holds data that cannot be read."""
+
+    headline = "datastore error"
+
+
+class CorruptBlobError(DatastoreError):
+    """A stored blob's content does not match its content hash."""
+
+    headline = "corrupt artifact blob"
+
+
+class ArtifactError(FlowbookError):
+    """An artifact cannot be stored or read (unpicklable, not available here)."""
+
+    headline = "artifact error"
+
+
+class MissingArtifactError(ArtifactError, AttributeError):
+    """An artifact that a step reads does not exist (or was dropped at a join)."""
+
+
+class MergeError(ArtifactError):
+    """``merge_artifacts`` met artifacts whose values differ between inputs."""
+
+
+class TransitionError(FlowbookError):
+    """A step called ``self.next`` in a way that does not match the flow's graph."""
+
+
+class StepFailed(FlowbookError):
+    """A task of a step failed; carries the user's exception summary."""
+
+    def __init__(
+        self,
+        message: str = "",
+        pathspec: str = "",
+        exception_type: str = "",
+        exception_message: str = "",
+        traceback_text: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.pathspec = pathspec
+        self.exception_type = exception_type
+        self.exception_message = exception_message
+        self.traceback_text = traceback_text
+
+    def __reduce__(self):
+        return (
+            self.__class__,
+            (
+                self.message,
+                self.pathspec,
+                self.exception_type,
+                self.exception_message,
+                self.traceback_text,
+            ),
+        )
+
+
+class RunFailed(FlowbookError):
+    """A run did not complete successfully."""
+
+
+class ClientError(FlowbookError):
+    """A Client API lookup failed (unknown flow, run, step, task or artifact)."""
+
+
+class ClientNotFound(ClientError, KeyError):
+    """The object named by a pathspec does not exist in the current namespace."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.message

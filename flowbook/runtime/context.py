@@ -1,0 +1,223 @@
+"""What a running task knows: its inherited artifacts, its transition, its foreach.
+
+A :class:`TaskContext` lives in the task process, attached to the FlowSpec instance
+as ``_fb``. Inherited artifacts are not loaded until the step reads them; at the end
+of the step :meth:`TaskContext.collect_artifacts` builds the task's artifact index:
+new and changed values are stored as blobs, unchanged inherited ones are kept as
+references to blobs that already exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..datastore import Datastore
+from ..datastore.blobs import type_name
+from ..exceptions import ArtifactError, FlowbookError, MergeError, MissingArtifactError
+from ..flowspec import Inputs, InputView
+from .spec import TaskSpec
+
+_NOT_LIST_LIKE = (str, bytes, bytearray, dict, set, frozenset)
+
+
+class TaskContext:
+    def __init__(self, spec: TaskSpec, datastore: Datastore, is_join: bool) -> None:
+        self.spec = spec
+        self.datastore = datastore
+        self.flow_name = spec.flow_name
+        self.step_name = spec.step
+        self.pathspec = spec.pathspec
+        self.is_join = is_join
+        self.parameters: dict[str, dict] = dict(spec.parameters)
+        self._parameter_values: dict[str, Any] = {}
+        if is_join or not spec.parents:
+            self.inherited: dict[str, dict] = {}
+            self.dropped: dict[str, str] = {}
+            if is_join:
+                for parent in spec.parents:
+                    for name in parent["artifacts"]:
+                        if name not in self.parameters:
+                            self.dropped[name] = self.step_name
+                    for name in parent.get("dropped", {}):
+                        self.dropped.setdefault(name, parent["dropped"][name])
+        else:
+            parent = spec.parents[0]
+            self.inherited = {
+                k: v for k, v in parent["artifacts"].items() if k not in self.parameters
+            }
+            self.dropped = dict(parent.get("dropped", {}))
+        self.loaded_sha: dict[str, str] = {}
+        self.transition: tuple[list[str], str | None] | None = None
+        self._foreach_values: dict[str, Any] = {}
+
+    def _where(self) -> str:
+        return f"Flow {self.flow_name}, step '{self.step_name}'"
+
+    # ------------------------------------------------------------ reading
+    def load_artifact(self, obj: Any, name: str) -> Any:
+        entry = self.inherited.get(name)
+        if entry is None:
+            raise self._missing(name)
+        value = self.datastore.load_artifact(entry, name, self.pathspec)
+        obj.__dict__[name] = value
+        self.loaded_sha[name] = entry["sha"]
+        return value
+
+    def _missing(self, name: str) -> MissingArtifactError:
+        join = self.dropped.get(name)
+        if join is not None:
+            return MissingArtifactError(
+                f"{self._where()}: artifact '{name}' is not available after join step "
+                f"'{join}'. Artifacts must be reassigned in a join: "
+                f"self.{name} = inputs[0].{name}, or self.merge_artifacts(inputs)."
+            )
+        return MissingArtifactError(f"{self._where()}: there is no artifact '{name}'.")
+
+    def load_parameter(self, obj: Any, attribute_name: str) -> Any:
+        if attribute_name not in self._parameter_values:
+            entry = self.parameters.get(attribute_name)
+            if entry is None:
+                raise MissingArtifactError(
+                    f"{self._where()}: parameter '{attribute_name}' has no value in this run."
+                )
+            self._parameter_values[attribute_name] = self.datastore.load_artifact(
+                entry, attribute_name, self.pathspec
+            )
+        return self._parameter_values[attribute_name]
+
+    def load_input_artifact(self, parent: dict, name: str) -> Any:
+        entry = parent["artifacts"].get(name)
+        if entry is None:
+            entry = self.parameters.get(name)
+        if entry is None:
+            join = parent.get("dropped", {}).get(name)
+            hint = f" (it was not reassigned in join step '{join}')" if join else ""
+            raise MissingArtifactError(
+                f"{self._where()}: input {parent['pathspec']} has no artifact '{name}'{hint}."
+            )
+        return self.datastore.load_artifact(entry, name, parent["pathspec"])
+
+    def make_inputs(self) -> Inputs:
+        return Inputs([InputView(self, parent) for parent in self.spec.parents])
+
+    # ------------------------------------------------------------ transitions
+    def record_transition(self, names: list[str], foreach: str | None) -> None:
+        if self.transition is not None and self.transition != (names, foreach):
+            raise FlowbookError(f"{self._where()}: self.next() was called twice.")
+        self.transition = (names, foreach)
+
+    # ------------------------------------------------------------ foreach
+    def _foreach_frames(self) -> list[dict]:
+        return [f for f in self.spec.split_stack if f["kind"] == "foreach"]
+
+    def foreach_index(self) -> int | None:
+        frames = self._foreach_frames()
+        return frames[-1]["index"] if frames else None
+
+    def _foreach_value(self, frame: dict) -> Any:
+        key = frame["sha"]
+        if key not in self._foreach_values:
+            self._foreach_values[key] = self.datastore.blobs.get(
+                key, what=f"Foreach artifact '{frame['var']}' of step '{frame['step']}'"
+            )
+        return self._foreach_values[key][frame["index"]]
+
+    def foreach_input(self, obj: Any) -> Any:
+        frames = self._foreach_frames()
+        if not frames:
+            raise FlowbookError(
+                f"{self._where()}: self.input exists only in the steps of a foreach."
+            )
+        return self._foreach_value(frames[-1])
+
+    def foreach_stack(self, obj: Any) -> list[tuple[int, int, Any]]:
+        return [
+            (f["index"], f["num_splits"], self._foreach_value(f)) for f in self._foreach_frames()
+        ]
+
+    # ------------------------------------------------------------ joins
+    def merge_artifacts(
+        self,
+        obj: Any,
+        inputs: Inputs,
+        exclude: Iterable[str] | None,
+        include: Iterable[str] | None,
+    ) -> None:
+        if not self.is_join:
+            raise FlowbookError(f"{self._where()}: merge_artifacts() works only in a join step.")
+        exclude = set(exclude or ())
+        include_set = set(include) if include is not None else None
+        if include_set is not None and exclude & include_set:
+            raise FlowbookError(
+                f"{self._where()}: merge_artifacts() got the same names in include and "
+                f"exclude: {', '.join(sorted(exclude & include_set))}."
+            )
+        candidates: dict[str, list[tuple[str, dict]]] = {}
+        for view in inputs:
+            parent = view._parent
+            for name, entry in parent["artifacts"].items():
+                candidates.setdefault(name, []).append((parent["pathspec"], entry))
+        if include_set is not None:
+            missing = sorted(n for n in include_set if n not in candidates)
+            if missing:
+                raise MergeError(
+                    f"{self._where()}: merge_artifacts(include=...) names artifacts no "
+                    f"input has: {', '.join(repr(m) for m in missing)}."
+                )
+        divergent = []
+        for name, entries in candidates.items():
+            if name in self.parameters or name in obj.__dict__ or name in exclude:
+                continue
+            if include_set is not None and name not in include_set:
+                continue
+            if len({entry["sha"] for _, entry in entries}) == 1:
+                self.inherited[name] = entries[0][1]
+                self.dropped.pop(name, None)
+            else:
+                divergent.append(name)
+        if divergent:
+            names = ", ".join(repr(n) for n in sorted(divergent))
+            raise MergeError(
+                f"{self._where()}: merge_artifacts() found artifacts whose values differ "
+                f"between the inputs: {names}. Assign them in the join before calling "
+                "merge_artifacts(), or pass exclude=[...]."
+            )
+
+    # ------------------------------------------------------------ persisting
+    def collect_artifacts(self, obj: Any) -> dict[str, dict]:
+        """Store new and changed artifacts; return the task's artifact index."""
+        index = dict(self.parameters)
+        index.update(self.inherited)
+        blobs = self.datastore.blobs
+        for name, value in obj.__dict__.items():
+            if name == "_fb":
+                continue
+            try:
+                stored = blobs.put(value, name)
+            except ArtifactError as exc:
+                raise ArtifactError(f"{self._where()}: {exc}") from None
+            index[name] = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
+            self.dropped.pop(name, None)
+        for name in index:
+            self.dropped.pop(name, None)
+        return index
+
+    def foreach_split_count(self, obj: Any, var: str) -> int:
+        try:
+            value = getattr(obj, var)
+        except AttributeError:
+            raise FlowbookError(
+                f"{self._where()}: self.next(..., foreach='{var}') names an artifact "
+                f"'{var}' that the step does not have."
+            ) from None
+        if isinstance(value, _NOT_LIST_LIKE) or not (
+            hasattr(value, "__len__") and hasattr(value, "__getitem__")
+        ):
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise FlowbookError(
+                f"{self._where()}: foreach='{var}' must name a list-like artifact, but "
+                f"'{var}' is a {type_name(value)}: {shown}."
+            )
+        return len(value)

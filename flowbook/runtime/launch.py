@@ -1,0 +1,127 @@
+"""Start a run: check the datastore, store parameters, run the scheduler, record the outcome."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..datastore import Datastore
+from ..datastore.blobs import type_name
+from ..graph import FlowGraph
+from .console import Console
+from .scheduler import Scheduler
+from .server import TaskServerClient
+from .task import execute_task
+
+
+@dataclass
+class RunOutcome:
+    flow_name: str
+    run_id: str
+    successful: bool
+    failures: list[str]
+
+    @property
+    def pathspec(self) -> str:
+        return f"{self.flow_name}/{self.run_id}"
+
+
+def current_user() -> str:
+    for var in ("FLOWBOOK_USER", "METAFLOW_USER", "USER", "USERNAME"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def system_tags(user: str) -> list[str]:
+    return [
+        f"user:{user}",
+        "runtime:dev",
+        f"python_version:{platform.python_version()}",
+        f"date:{time.strftime('%Y-%m-%d')}",
+    ]
+
+
+def store_parameters(datastore: Datastore, values: dict[str, Any]) -> dict[str, dict]:
+    """Each parameter value as an artifact blob; returns the parameters' artifact index."""
+    index = {}
+    for name, value in values.items():
+        stored = datastore.blobs.put(value, name)
+        index[name] = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
+    return index
+
+
+def run_flow(
+    flow_cls: type,
+    graph: FlowGraph,
+    parameter_values: dict[str, Any],
+    datastore_url: str | None = None,
+    max_workers: int = 16,
+    max_num_splits: int = 100,
+    tags: list[str] | None = None,
+    console: Console | None = None,
+) -> RunOutcome:
+    """Run ``flow_cls`` to the end (or the first failure) as a new run."""
+    console = console or Console()
+    datastore = Datastore(datastore_url)
+    datastore.storage.check_writable()
+    user = current_user()
+    tags = list(dict.fromkeys(tags or []))
+    run_id = datastore.new_run_id(graph.name)
+    parameters = store_parameters(datastore, parameter_values)
+    datastore.write_run(
+        graph.name,
+        run_id,
+        {
+            "flow": graph.name,
+            "run_id": run_id,
+            "user": user,
+            "tags": tags,
+            "system_tags": system_tags(user),
+            "created_at": time.time(),
+            "parameters": parameters,
+            "graph": graph.to_dict(),
+            "origin_run_id": None,
+        },
+    )
+    console.message(f"Workflow starting (run-id {run_id}):")
+    server = TaskServerClient.start_forked(lambda spec: execute_task(spec, flow_cls, graph))
+    scheduler = Scheduler(
+        graph,
+        datastore,
+        run_id,
+        server,
+        console,
+        parameters,
+        max_workers=max_workers,
+        max_num_splits=max_num_splits,
+        tags=tags,
+        user=user,
+    )
+    successful = False
+    try:
+        successful = scheduler.run()
+    finally:
+        server.close()
+        datastore.write_run_status(
+            graph.name,
+            run_id,
+            {
+                "successful": successful,
+                "finished_at": time.time(),
+                "failures": scheduler.failures,
+            },
+        )
+    if successful:
+        console.message("Done!")
+    else:
+        for failure in scheduler.failures:
+            console.error(f"Flow {graph.name} failed: {failure}")
+    return RunOutcome(graph.name, run_id, successful, list(scheduler.failures))

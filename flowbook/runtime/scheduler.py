@@ -1,0 +1,316 @@
+"""The run loop: turns a validated graph into tasks, at most ``max_workers`` at a time.
+
+The scheduler never runs user code. It hands :class:`TaskSpec` objects to an
+executor, learns when task processes exit, reads each finished task's record from
+the datastore, and creates the tasks that follow: one per branch of a split, one per
+item of a foreach, and a join task once every branch of its split has arrived.
+
+On a failure no new task starts; tasks already running finish (their results stay
+usable by ``resume``), then the run is marked failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..datastore import Datastore
+from ..graph import FlowGraph
+from .console import Console, LogTail
+from .spec import TaskSpec
+
+
+@dataclass
+class PendingTask:
+    step: str
+    task_id: str
+    parents: list[dict]
+    split_stack: list[dict]
+    attempt: int = 0
+
+
+@dataclass
+class RunningTask:
+    pending: PendingTask
+    spec: TaskSpec
+    pid: int | None = None
+    started: float = field(default_factory=time.time)
+    tails: tuple[LogTail, LogTail] | None = None
+
+    @property
+    def prefix(self) -> str:
+        pid = f" (pid {self.pid})" if self.pid else ""
+        return f"{self.spec.short_pathspec}{pid}"
+
+
+def parent_info(flow: str, record: dict) -> dict:
+    """What a child task needs to know about a finished parent task."""
+    return {
+        "pathspec": f"{flow}/{record['run_id']}/{record['step']}/{record['task_id']}",
+        "step": record["step"],
+        "task_id": record["task_id"],
+        "artifacts": record["artifacts"],
+        "dropped": record.get("dropped", {}),
+        "foreach_stack": record.get("foreach_stack", []),
+    }
+
+
+class Scheduler:
+    def __init__(
+        self,
+        graph: FlowGraph,
+        datastore: Datastore,
+        run_id: str,
+        executor,
+        console: Console,
+        parameters: dict[str, dict],
+        max_workers: int = 16,
+        max_num_splits: int = 100,
+        tags: list[str] | None = None,
+        user: str = "",
+        on_event: Callable[[str, dict], None] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.flow = graph.name
+        self.datastore = datastore
+        self.run_id = run_id
+        self.executor = executor
+        self.console = console
+        self.parameters = parameters
+        self.max_workers = max(1, max_workers)
+        self.max_num_splits = max_num_splits
+        self.tags = tags or []
+        self.user = user
+        self.on_event = on_event or (lambda kind, info: None)
+        self.queue: deque[PendingTask] = deque()
+        self.running: dict[str, RunningTask] = {}
+        self.joins: dict[tuple, dict] = {}
+        self.failures: list[str] = []
+        self.end_succeeded = False
+        self._last_task_id = 0
+
+    # ------------------------------------------------------------ public
+    def run(self) -> bool:
+        """Run the flow from ``start``; True when the end step succeeded."""
+        self.queue.append(PendingTask("start", self._new_task_id(), [], []))
+        try:
+            self._loop()
+        except KeyboardInterrupt:
+            self.failures.append("the run was interrupted (Ctrl-C)")
+            self.console.error("Interrupted: stopping running tasks...")
+            self._terminate_running()
+            raise
+        return self.end_succeeded and not self.failures
+
+    # ------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        while True:
+            while self.queue and not self.failures and len(self.running) < self.max_workers:
+                self._launch(self.queue.popleft())
+            if not self.running:
+                break
+            readable, _, _ = select.select([self.executor], [], [], 0.05)
+            if readable:
+                for event in self.executor.read_events():
+                    self._handle_event(event)
+            self._tail_logs()
+
+    def _handle_event(self, event: tuple) -> None:
+        kind, task_id = event[0], event[1]
+        task = self.running.get(task_id)
+        if task is None:
+            return
+        if kind == "started":
+            task.pid = event[2]
+            self.console.message(f"[{task.prefix}] Task is starting.")
+            self.on_event("task_started", {"step": task.spec.step, "task_id": task_id})
+        elif kind == "exited":
+            task.pid = task.pid or event[2]
+            self._finish(task, event[3])
+
+    def _tail_logs(self, only: RunningTask | None = None, final: bool = False) -> None:
+        for task in [only] if only else list(self.running.values()):
+            if task.tails is None:
+                continue
+            out, err = task.tails
+            for line in out.read_lines(final):
+                self.console.task_line(task.prefix, line)
+            for line in err.read_lines(final):
+                self.console.task_line(task.prefix, line, stderr=True)
+        self.console.flush()
+
+    # ------------------------------------------------------------ launching
+    def _new_task_id(self) -> str:
+        self._last_task_id += 1
+        return str(self._last_task_id)
+
+    def _log_paths(self, step: str, task_id: str, attempt: int) -> tuple[str, str]:
+        storage = self.datastore.storage
+        paths = []
+        for kind in ("stdout", "stderr"):
+            rel = self.datastore.attempt_file(self.flow, self.run_id, step, task_id, attempt, kind)
+            local = storage.local_path(rel)
+            if local is None:
+                local = os.path.join(self._spool_dir(), rel.replace("/", "_"))
+            paths.append(local)
+        return paths[0], paths[1]
+
+    def _spool_dir(self) -> str:
+        if not hasattr(self, "_spool"):
+            import tempfile
+
+            self._spool = tempfile.mkdtemp(prefix="flowbook-logs-")
+        return self._spool
+
+    def _launch(self, pending: PendingTask) -> None:
+        stdout_path, stderr_path = self._log_paths(pending.step, pending.task_id, pending.attempt)
+        spec = TaskSpec(
+            flow_name=self.flow,
+            run_id=self.run_id,
+            step=pending.step,
+            task_id=pending.task_id,
+            attempt=pending.attempt,
+            datastore_url=self.datastore.url,
+            parents=pending.parents,
+            split_stack=pending.split_stack,
+            parameters=self.parameters,
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            tags=self.tags,
+            user=self.user,
+        )
+        task = RunningTask(pending, spec, tails=(LogTail(stdout_path), LogTail(stderr_path)))
+        self.running[pending.task_id] = task
+        self.executor.submit(pending.task_id, spec)
+
+    # ------------------------------------------------------------ finishing
+    def _finish(self, task: RunningTask, code: int) -> None:
+        self._tail_logs(task, final=True)
+        del self.running[task.pending.task_id]
+        spec = task.spec
+        record = self.datastore.read_attempt_done(
+            self.flow, self.run_id, spec.step, spec.task_id, spec.attempt
+        )
+        if code == 0 and record and record.get("status") == "successful":
+            self.console.message(f"[{task.prefix}] Task finished successfully.")
+            self.on_event("task_finished", {"step": spec.step, "task_id": spec.task_id})
+            self._schedule_successors(record)
+            return
+        self._fail(task, code, record)
+
+    def _fail(self, task: RunningTask, code: int, record: dict | None) -> None:
+        spec = task.spec
+        if code < 0:
+            try:
+                reason = f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                reason = f"killed by signal {-code}"
+        elif record and record.get("exception"):
+            exc = record["exception"]
+            reason = f"{exc['type']}: {exc['message']}"
+        else:
+            reason = f"exited with code {code} without recording a result"
+        self.console.error(f"[{task.prefix}] Task failed: {reason}")
+        self.on_event("task_failed", {"step": spec.step, "task_id": spec.task_id})
+        self.failures.append(f"step '{spec.step}' (task {spec.short_pathspec}): {reason}")
+
+    def _schedule_successors(self, record: dict) -> None:
+        node = self.graph[record["step"]]
+        if node.type == "end":
+            self.end_succeeded = True
+            return
+        parent = parent_info(self.flow, record)
+        stack = record.get("split_stack", [])
+        transition = record.get("next") or {}
+        if node.foreach is not None:
+            count = transition["num_splits"]
+            if count > self.max_num_splits:
+                self.failures.append(
+                    f"foreach step '{node.name}' made {count} splits, more than "
+                    f"--max-num-splits {self.max_num_splits}; raise the limit with "
+                    "--max-num-splits (or FLOWBOOK_RUN_MAX_NUM_SPLITS)"
+                )
+                self.console.error(f"Flow {self.flow}: {self.failures[-1]}.")
+                return
+            if count == 0:
+                self.failures.append(
+                    f"foreach step '{node.name}' has nothing to split: "
+                    f"'{transition['foreach']}' is empty"
+                )
+                self.console.error(f"Flow {self.flow}: {self.failures[-1]}.")
+                return
+            for index in range(count):
+                frame = {
+                    "kind": "foreach",
+                    "step": node.name,
+                    "task": record["task_id"],
+                    "index": index,
+                    "num_splits": count,
+                    "var": transition["foreach"],
+                    "sha": transition["sha"],
+                }
+                self._to_child(node.out_funcs[0], parent, stack + [frame])
+        elif len(node.out_funcs) > 1:
+            for branch in node.out_funcs:
+                frame = {
+                    "kind": "split",
+                    "step": node.name,
+                    "task": record["task_id"],
+                    "branch": branch,
+                    "num_splits": len(node.out_funcs),
+                }
+                self._to_child(branch, parent, stack + [frame])
+        else:
+            self._to_child(node.out_funcs[0], parent, stack)
+
+    def _to_child(self, step: str, parent: dict, stack: list[dict]) -> None:
+        if not self.graph[step].is_join:
+            self.queue.append(PendingTask(step, self._new_task_id(), [parent], stack))
+            return
+        top = stack[-1]
+        key = (step, top["step"], top["task"], json.dumps(stack[:-1], sort_keys=True))
+        slot = top["index"] if top["kind"] == "foreach" else top["branch"]
+        arrivals = self.joins.setdefault(key, {})
+        arrivals[slot] = parent
+        if len(arrivals) < top["num_splits"]:
+            return
+        del self.joins[key]
+        if top["kind"] == "foreach":
+            parents = [arrivals[i] for i in sorted(arrivals)]
+        else:
+            order = self.graph[top["step"]].out_funcs
+            parents = [arrivals[b] for b in order]
+        self.queue.append(PendingTask(step, self._new_task_id(), parents, stack[:-1]))
+
+    # ------------------------------------------------------------ stopping
+    def _terminate_running(self, grace: float = 3.0) -> None:
+        pids = [t.pid for t in self.running.values() if t.pid]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while self.running and time.time() < deadline:
+            readable, _, _ = select.select([self.executor], [], [], 0.05)
+            if readable:
+                try:
+                    events = self.executor.read_events()
+                except RuntimeError:
+                    break
+                for event in events:
+                    if event[0] == "exited" and event[1] in self.running:
+                        task = self.running.pop(event[1])
+                        self._tail_logs(task, final=True)
+        for task in self.running.values():
+            if task.pid:
+                try:
+                    os.kill(task.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

@@ -1,0 +1,205 @@
+"""Run one attempt of one step in the current process (a freshly forked task process).
+
+The task writes its own record: ``<attempt>.start.json`` when it begins and
+``<attempt>.done.json`` when it ends, successful or not. Its stdout and stderr go,
+at the file-descriptor level, to the attempt's log files, so output of C extensions
+and subprocesses is captured too and the scheduler can tail them live.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+# Imported here, before the task server forks, so that task processes start warm.
+import cloudpickle  # noqa: F401
+
+from ..current import current
+from ..datastore import Datastore
+from ..datastore.blobs import type_name
+from ..exceptions import FlowbookError, TransitionError
+from ..graph import FlowGraph
+from .context import TaskContext
+from .spec import TaskSpec
+
+_FLOWBOOK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
+    """Run the attempt described by ``spec``; return the process exit code."""
+    _redirect_output(spec)
+    datastore = Datastore(spec.datastore_url)
+    started_at = time.time()
+    base = {
+        "flow": spec.flow_name,
+        "run_id": spec.run_id,
+        "step": spec.step,
+        "task_id": spec.task_id,
+        "attempt": spec.attempt,
+        "pid": os.getpid(),
+        "started_at": started_at,
+        "parents": [p["pathspec"] for p in spec.parents],
+        "split_stack": spec.split_stack,
+        "foreach_stack": [f for f in spec.split_stack if f["kind"] == "foreach"],
+    }
+    datastore.write_attempt_start(
+        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, base
+    )
+    node = graph[spec.step]
+    context = TaskContext(spec, datastore, node.is_join)
+    current._set(
+        flow_name=spec.flow_name,
+        run_id=spec.run_id,
+        step_name=spec.step,
+        task_id=spec.task_id,
+        retry_count=spec.attempt,
+        origin_run_id=spec.origin_run_id,
+        parameter_names=list(spec.parameters),
+        tags=list(spec.tags),
+        username=spec.user,
+    )
+    instance = flow_cls.__new__(flow_cls)
+    object.__setattr__(instance, "_fb", context)
+    record: dict[str, Any]
+    try:
+        step_function = getattr(flow_cls, spec.step)
+        if node.is_join:
+            step_function(instance, context.make_inputs())
+        else:
+            step_function(instance)
+        transition = _check_transition(context, graph, spec)
+        if transition.get("foreach"):
+            transition["num_splits"] = context.foreach_split_count(instance, transition["foreach"])
+        artifacts = context.collect_artifacts(instance)
+        record = dict(
+            base,
+            status="successful",
+            artifacts=artifacts,
+            dropped=context.dropped,
+            next=transition,
+        )
+        if transition.get("foreach"):
+            transition["sha"] = artifacts[transition["foreach"]]["sha"]
+        exit_code = 0
+    except BaseException as exc:  # the user's code may raise anything, even SystemExit
+        text = format_user_traceback(exc)
+        sys.stderr.write(text)
+        record = dict(
+            base,
+            status="failed",
+            exception={
+                "type": type_name(exc),
+                "message": str(exc),
+                "traceback": text,
+            },
+        )
+        exit_code = 1
+    record["finished_at"] = time.time()
+    _flush_output()
+    if not datastore.storage.is_local:
+        _upload_logs(datastore, spec)
+    datastore.write_attempt_done(
+        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, record
+    )
+    return exit_code
+
+
+def _check_transition(context: TaskContext, graph: FlowGraph, spec: TaskSpec) -> dict:
+    node = graph[spec.step]
+    where = f"Flow {spec.flow_name}, step '{spec.step}'"
+    if node.name == "end":
+        if context.transition is not None:
+            raise TransitionError(f"{where}: the end step must not call self.next().")
+        return {}
+    if context.transition is None:
+        raise TransitionError(
+            f"{where} finished without calling self.next(); it must end with "
+            f"self.next({', '.join('self.' + n for n in node.out_funcs)})."
+        )
+    names, foreach = context.transition
+    if names != node.out_funcs or foreach != node.foreach:
+        raise TransitionError(
+            f"{where} called self.next({', '.join(names)}"
+            f"{f', foreach={foreach!r}' if foreach else ''}) but its source declares "
+            f"self.next({', '.join(node.out_funcs)}"
+            f"{f', foreach={node.foreach!r}' if node.foreach else ''})."
+        )
+    return {"steps": list(names), "foreach": foreach}
+
+
+def format_user_traceback(exc: BaseException) -> str:
+    """The traceback without flowbook's own frames: what the user's code did."""
+    if isinstance(exc, FlowbookError) and not _user_frames(exc.__traceback__):
+        return f"{type(exc).__name__}: {exc}\n"
+    te = traceback.TracebackException.from_exception(exc)
+    chain = []
+    while te is not None:
+        chain.append(te)
+        te = te.__cause__ or (None if te.__suppress_context__ else te.__context__)
+    lines: list[str] = []
+    for position, item in enumerate(reversed(chain)):
+        if position:
+            lines.append(
+                "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
+        frames = [f for f in item.stack if not f.filename.startswith(_FLOWBOOK_DIR)]
+        if frames:
+            lines.append("Traceback (most recent call last):\n")
+            lines.extend(traceback.StackSummary.from_list(frames).format())
+        lines.extend(item.format_exception_only())
+    return "".join(lines)
+
+
+def _user_frames(tb) -> list:
+    return [f for f in traceback.extract_tb(tb) if not f.filename.startswith(_FLOWBOOK_DIR)]
+
+
+def _redirect_output(spec: TaskSpec) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(handle, fd)
+        os.close(handle)
+    sys.stdout = io.TextIOWrapper(
+        io.FileIO(1, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+    )
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+        write_through=True,
+    )
+
+
+def _flush_output() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _upload_logs(datastore: Datastore, spec: TaskSpec) -> None:
+    for kind, path in (("stdout", spec.stdout_path), ("stderr", spec.stderr_path)):
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError:
+            continue
+        datastore.storage.write_bytes(
+            datastore.attempt_file(
+                spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, kind
+            ),
+            data,
+        )
