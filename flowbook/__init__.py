@@ -30,6 +30,12 @@ _EXPORTS = {
     "default_namespace": "flowbook.client",
     "datastore": "flowbook.client",
     "FlowbookError": "flowbook.exceptions",
+    "StepException": "flowbook.exceptions",
+    "retry": "flowbook.decorators",
+    "catch": "flowbook.decorators",
+    "timeout": "flowbook.decorators",
+    "resources": "flowbook.decorators",
+    "schedule": "flowbook.decorators",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -98,6 +98,41 @@ class StepFailed(FlowbookError):
         )
 
 
+class StepException:
+    """What ``@catch(var=...)`` stores: the exception a step's last attempt raised.
+
+    A plain, picklable record (the original exception object may not unpickle
+    elsewhere): ``type``, ``message`` and the user's ``traceback``.
+    """
+
+    def __init__(self, type: str, message: str, traceback: str = "") -> None:  # noqa: A002
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+
+    @property
+    def exception(self) -> str:  # Metaflow's name
+        return self.message
+
+    @property
+    def stacktrace(self) -> str:  # Metaflow's name
+        return self.traceback
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"StepException({self.type!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepException) and (self.type, self.message) == (
+            other.type,
+            other.message,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class RunFailed(FlowbookError):
     """A run did not complete successfully."""
 

@@ -71,6 +71,7 @@ class StepNode:
             "doc": self.doc,
             "in": list(self.in_funcs),
             "matching_join": self.matching_join,
+            "decorators": [d.to_dict() for d in self.decorators],
         }
 
 
@@ -95,6 +96,12 @@ class FlowGraph:
             func = getattr(flow_cls, attr_name)
             nodes.append(_node_from_function(flow_cls.__name__, attr_name, func))
         return cls(flow_cls.__name__, nodes)
+
+    def apply_decospecs(self, specs: list) -> None:
+        """Add ``--with`` decorators to every step that does not already have them."""
+        for node in self.nodes.values():
+            present = {d.name for d in node.decorators}
+            node.decorators = node.decorators + [s for s in specs if s.name not in present]
 
     # ------------------------------------------------------------------ access
     def __getitem__(self, name: str) -> StepNode:

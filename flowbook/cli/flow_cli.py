@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from ..decorators import parse_decospec
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
 from ..parameters import flow_parameters, resolve_parameters
@@ -41,9 +42,23 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
     @click.option("--datastore", default=None, help="Datastore URL (default ./.flowbook).")
     @click.option("--quiet/--not-quiet", default=False, help="Show only errors.")
     @click.option("--pylint/--no-pylint", default=True, help="Accepted for Metaflow compatibility.")
+    @click.option(
+        "--with",
+        "decospecs",
+        multiple=True,
+        help="Add a decorator to every step, e.g. --with retry:times=2 (repeatable).",
+    )
     @click.pass_context
-    def cli(ctx: click.Context, datastore: str | None, quiet: bool, pylint: bool) -> None:
+    def cli(
+        ctx: click.Context,
+        datastore: str | None,
+        quiet: bool,
+        pylint: bool,
+        decospecs: tuple[str, ...],
+    ) -> None:
         ctx.obj = {"datastore": datastore, "quiet": quiet}
+        if decospecs:
+            graph.apply_decospecs([parse_decospec(text) for text in decospecs])
         if ctx.invoked_subcommand is None:
             click.echo(f"Flow {flow_name}: the graph looks good ({len(graph.nodes)} steps).")
             click.echo(ctx.get_help())
@@ -58,14 +73,19 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             click.echo(flow_cls.__doc__.strip() + "\n")
         click.echo(graph.describe(), nl=False)
 
-    def run_command(**kwargs: Any) -> None:
+    def start(kwargs: dict[str, Any], resume: bool) -> None:
         ctx = click.get_current_context()
         from ..runtime.console import Console
         from ..runtime.launch import run_flow
 
         given = {p.name: kwargs.pop(_option_key(p.name)) for p in parameters.values()}
         given = {name: value for name, value in given.items() if value is not None}
-        values = resolve_parameters(flow_name, parameters, given)
+        if resume:
+            # Only the values given now are checked against the origin run's.
+            by_name = {p.name: (attr, p) for attr, p in parameters.items()}
+            values = {by_name[n][0]: by_name[n][1].convert(v, flow_name) for n, v in given.items()}
+        else:
+            values = resolve_parameters(flow_name, parameters, given)
         outcome = run_flow(
             flow_cls,
             graph,
@@ -75,11 +95,14 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             max_num_splits=kwargs["max_num_splits"],
             tags=list(kwargs["tags"]),
             console=Console(quiet=ctx.obj["quiet"]),
+            resume=resume,
+            origin_run_id=kwargs.get("origin_run_id"),
+            resume_step=kwargs.get("step_to_rerun"),
         )
         if not outcome.successful:
             sys.exit(1)
 
-    run_params = [
+    common = [
         click.Option(
             ["--max-workers"],
             type=int,
@@ -97,7 +120,7 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
         click.Option(["--tag", "tags"], multiple=True, help="A tag for the run (repeatable)."),
     ]
     for param in parameters.values():
-        run_params.append(
+        common.append(
             click.Option(
                 [f"--{param.name}", _option_key(param.name)],
                 type=str,
@@ -114,7 +137,29 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             )
         )
     cli.add_command(
-        click.Command("run", callback=run_command, params=run_params, help="Run the flow.")
+        click.Command(
+            "run",
+            callback=lambda **kwargs: start(kwargs, resume=False),
+            params=list(common),
+            help="Run the flow.",
+        )
+    )
+    cli.add_command(
+        click.Command(
+            "resume",
+            callback=lambda **kwargs: start(kwargs, resume=True),
+            params=[
+                click.Argument(["step_to_rerun"], required=False),
+                click.Option(
+                    ["--origin-run-id"],
+                    default=None,
+                    help="The run to resume (default: your latest run of this flow).",
+                ),
+                *common,
+            ],
+            help="Run again from STEP (default: the failed steps), reusing the "
+            "successful tasks of an earlier run.",
+        )
     )
     inspect_cmds.add_inspection_commands(cli, flow_name)
     return cli

@@ -11,8 +11,10 @@ from typing import Any
 
 from ..datastore import Datastore
 from ..datastore.blobs import type_name
+from ..exceptions import ParameterError
 from ..graph import FlowGraph
 from .console import Console
+from .resume import ResumePlan, find_origin_run
 from .scheduler import Scheduler
 from .server import TaskServerClient
 from .task import execute_task
@@ -58,6 +60,24 @@ def store_parameters(datastore: Datastore, values: dict[str, Any]) -> dict[str, 
     return index
 
 
+def resume_parameters(
+    datastore: Datastore, flow: str, origin_run_id: str, given: dict[str, Any]
+) -> dict[str, dict]:
+    """The origin run's parameter index; a different value given now is refused."""
+    record = datastore.read_run(flow, origin_run_id) or {}
+    index = record.get("parameters", {})
+    for name, value in given.items():
+        entry = index.get(name)
+        old = datastore.load_artifact(entry, name, f"{flow}/{origin_run_id}") if entry else None
+        if entry is None or old != value:
+            raise ParameterError(
+                f"Flow {flow}: cannot change parameter '{name}' on resume (run "
+                f"{origin_run_id} used {old!r}, got {value!r}); a resumed run keeps the "
+                "parameters of the run it resumes."
+            )
+    return index
+
+
 def run_flow(
     flow_cls: type,
     graph: FlowGraph,
@@ -67,15 +87,30 @@ def run_flow(
     max_num_splits: int = 100,
     tags: list[str] | None = None,
     console: Console | None = None,
+    origin_run_id: str | None = None,
+    resume: bool = False,
+    resume_step: str | None = None,
 ) -> RunOutcome:
-    """Run ``flow_cls`` to the end (or the first failure) as a new run."""
+    """Run ``flow_cls`` to the end (or the first failure) as a new run.
+
+    With ``resume=True`` the new run reuses the successful tasks of
+    ``origin_run_id`` (default: the latest run) up to ``resume_step`` or the first
+    failure; ``parameter_values`` then holds only the values given explicitly,
+    which must equal the origin's.
+    """
     console = console or Console()
     datastore = Datastore(datastore_url)
     datastore.storage.check_writable()
     user = current_user()
     tags = list(dict.fromkeys(tags or []))
+    plan = None
+    if resume:
+        origin_run_id = origin_run_id or find_origin_run(datastore, graph.name, user)
+        plan = ResumePlan(datastore, graph, origin_run_id, resume_step)
+        parameters = resume_parameters(datastore, graph.name, origin_run_id, parameter_values)
+    else:
+        parameters = store_parameters(datastore, parameter_values)
     run_id = datastore.new_run_id(graph.name)
-    parameters = store_parameters(datastore, parameter_values)
     datastore.write_run(
         graph.name,
         run_id,
@@ -88,10 +123,13 @@ def run_flow(
             "created_at": time.time(),
             "parameters": parameters,
             "graph": graph.to_dict(),
-            "origin_run_id": None,
+            "origin_run_id": origin_run_id if resume else None,
         },
     )
-    console.message(f"Workflow starting (run-id {run_id}):")
+    if resume:
+        console.message(f"Resuming run {origin_run_id} as run {run_id}:")
+    else:
+        console.message(f"Workflow starting (run-id {run_id}):")
     server = TaskServerClient.start_forked(lambda spec: execute_task(spec, flow_cls, graph))
     scheduler = Scheduler(
         graph,
@@ -104,6 +142,7 @@ def run_flow(
         max_num_splits=max_num_splits,
         tags=tags,
         user=user,
+        resume_plan=plan,
     )
     successful = False
     try:

@@ -21,8 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..datastore import Datastore
+from ..decorators import step_settings
 from ..graph import FlowGraph
 from .console import Console, LogTail
+from .resume import ResumePlan
 from .spec import TaskSpec
 
 
@@ -33,6 +35,8 @@ class PendingTask:
     parents: list[dict]
     split_stack: list[dict]
     attempt: int = 0
+    #: Set for the extra attempt that stores a caught exception (``@catch``).
+    caught: dict | None = None
 
 
 @dataclass
@@ -42,6 +46,8 @@ class RunningTask:
     pid: int | None = None
     started: float = field(default_factory=time.time)
     tails: tuple[LogTail, LogTail] | None = None
+    deadline: float | None = None
+    timed_out: bool = False
 
     @property
     def prefix(self) -> str:
@@ -58,6 +64,7 @@ def parent_info(flow: str, record: dict) -> dict:
         "artifacts": record["artifacts"],
         "dropped": record.get("dropped", {}),
         "foreach_stack": record.get("foreach_stack", []),
+        "cloned": bool(record.get("origin_pathspec")),
     }
 
 
@@ -75,6 +82,7 @@ class Scheduler:
         tags: list[str] | None = None,
         user: str = "",
         on_event: Callable[[str, dict], None] | None = None,
+        resume_plan: ResumePlan | None = None,
     ) -> None:
         self.graph = graph
         self.flow = graph.name
@@ -88,7 +96,11 @@ class Scheduler:
         self.tags = tags or []
         self.user = user
         self.on_event = on_event or (lambda kind, info: None)
+        self.resume_plan = resume_plan
+        self.origin_run_id = resume_plan.origin_run_id if resume_plan else None
+        self.settings = {node.name: step_settings(node.decorators, node.name) for node in graph}
         self.queue: deque[PendingTask] = deque()
+        self.delayed: list[tuple[float, PendingTask]] = []
         self.running: dict[str, RunningTask] = {}
         self.joins: dict[tuple, dict] = {}
         self.failures: list[str] = []
@@ -111,15 +123,42 @@ class Scheduler:
     # ------------------------------------------------------------ loop
     def _loop(self) -> None:
         while True:
+            self._release_delayed()
             while self.queue and not self.failures and len(self.running) < self.max_workers:
-                self._launch(self.queue.popleft())
-            if not self.running:
+                pending = self.queue.popleft()
+                if not self._clone(pending):
+                    self._launch(pending)
+            can_start_more = not self.failures and (self.queue or self.delayed)
+            if not self.running and not can_start_more:
                 break
-            readable, _, _ = select.select([self.executor], [], [], 0.05)
+            readable, _, _ = select.select([self.executor], [], [], self._wait_time())
             if readable:
                 for event in self.executor.read_events():
                     self._handle_event(event)
+            self._enforce_timeouts()
             self._tail_logs()
+
+    def _wait_time(self) -> float:
+        wait = 0.05
+        if self.delayed:
+            wait = min(wait, max(0.0, min(t for t, _ in self.delayed) - time.time()))
+        return wait
+
+    def _release_delayed(self) -> None:
+        if not self.delayed or self.failures:
+            return
+        now = time.time()
+        due = [item for item in self.delayed if item[0] <= now]
+        self.delayed = [item for item in self.delayed if item[0] > now]
+        for _, pending in due:
+            self.queue.append(pending)
+
+    def _enforce_timeouts(self) -> None:
+        now = time.time()
+        for task in self.running.values():
+            if task.deadline and not task.timed_out and now > task.deadline and task.pid:
+                task.timed_out = True
+                _kill_group(task.pid, signal.SIGKILL)
 
     def _handle_event(self, event: tuple) -> None:
         kind, task_id = event[0], event[1]
@@ -184,10 +223,34 @@ class Scheduler:
             stderr_path=stderr_path,
             tags=self.tags,
             user=self.user,
+            origin_run_id=self.origin_run_id,
+            max_attempts=self.settings[pending.step]["max_attempts"],
+            caught=pending.caught,
         )
         task = RunningTask(pending, spec, tails=(LogTail(stdout_path), LogTail(stderr_path)))
+        timeout = self.settings[pending.step]["timeout"]
+        if timeout and not pending.caught:
+            task.deadline = task.started + timeout
         self.running[pending.task_id] = task
         self.executor.submit(pending.task_id, spec)
+
+    def _clone(self, pending: PendingTask) -> bool:
+        """Clone the task from the resumed run when it can be; True if it was."""
+        plan = self.resume_plan
+        if plan is None or pending.attempt or pending.caught:
+            return False
+        origin = plan.clone_source(pending.step, pending.split_stack, pending.parents)
+        if origin is None:
+            return False
+        record = plan.clone(
+            origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
+        )
+        self.console.message(
+            f"[{self.run_id}/{pending.step}/{pending.task_id}] Cloned from {record['origin_pathspec']}."
+        )
+        self.on_event("task_cloned", {"step": pending.step, "task_id": pending.task_id})
+        self._schedule_successors(record)
+        return True
 
     # ------------------------------------------------------------ finishing
     def _finish(self, task: RunningTask, code: int) -> None:
@@ -206,7 +269,11 @@ class Scheduler:
 
     def _fail(self, task: RunningTask, code: int, record: dict | None) -> None:
         spec = task.spec
-        if code < 0:
+        pending = task.pending
+        settings = self.settings[spec.step]
+        if task.timed_out:
+            reason = f"timed out after {settings['timeout']:g} s (@timeout)"
+        elif code < 0:
             try:
                 reason = f"killed by signal {signal.Signals(-code).name}"
             except ValueError:
@@ -218,6 +285,41 @@ class Scheduler:
             reason = f"exited with code {code} without recording a result"
         self.console.error(f"[{task.prefix}] Task failed: {reason}")
         self.on_event("task_failed", {"step": spec.step, "task_id": spec.task_id})
+        if pending.caught is None and pending.attempt + 1 < settings["max_attempts"]:
+            delay = settings["retry_delay"]
+            self.console.message(
+                f"[{task.prefix}] Retrying: attempt {pending.attempt + 2} of "
+                f"{settings['max_attempts']} in {delay:g} s (@retry)."
+            )
+            retry = PendingTask(
+                pending.step,
+                pending.task_id,
+                pending.parents,
+                pending.split_stack,
+                attempt=pending.attempt + 1,
+            )
+            self.delayed.append((time.time() + delay, retry))
+            return
+        if pending.caught is None and settings["catch"] is not None:
+            exception = dict((record or {}).get("exception") or {})
+            if not exception:
+                exception = {"type": "TaskKilled", "message": reason, "traceback": ""}
+            if settings["catch"]["print_exception"]:
+                self.console.error(
+                    f"[{task.prefix}] @catch: the flow continues; the exception is stored"
+                    + (f" in '{settings['catch']['var']}'." if settings["catch"]["var"] else ".")
+                )
+            self.queue.append(
+                PendingTask(
+                    pending.step,
+                    pending.task_id,
+                    pending.parents,
+                    pending.split_stack,
+                    attempt=pending.attempt + 1,
+                    caught=exception,
+                )
+            )
+            return
         self.failures.append(f"step '{spec.step}' (task {spec.short_pathspec}): {reason}")
 
     def _schedule_successors(self, record: dict) -> None:
@@ -290,12 +392,8 @@ class Scheduler:
 
     # ------------------------------------------------------------ stopping
     def _terminate_running(self, grace: float = 3.0) -> None:
-        pids = [t.pid for t in self.running.values() if t.pid]
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        for pid in [t.pid for t in self.running.values() if t.pid]:
+            _kill_group(pid, signal.SIGTERM)
         deadline = time.time() + grace
         while self.running and time.time() < deadline:
             readable, _, _ = select.select([self.executor], [], [], 0.05)
@@ -310,7 +408,15 @@ class Scheduler:
                         self._tail_logs(task, final=True)
         for task in self.running.values():
             if task.pid:
-                try:
-                    os.kill(task.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _kill_group(task.pid, signal.SIGKILL)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    """Signal a task and the processes it started (each task leads a process group)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass

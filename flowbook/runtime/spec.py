@@ -30,6 +30,8 @@ class TaskSpec:
     user: str = ""
     origin_run_id: str | None = None
     max_attempts: int = 1
+    #: For the attempt that only stores a caught exception (``@catch``): the exception.
+    caught: dict | None = None
 
     @property
     def pathspec(self) -> str:

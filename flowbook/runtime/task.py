@@ -21,7 +21,8 @@ import cloudpickle  # noqa: F401
 from ..current import current
 from ..datastore import Datastore
 from ..datastore.blobs import type_name
-from ..exceptions import FlowbookError, TransitionError
+from ..decorators import step_settings
+from ..exceptions import FlowbookError, StepException, TransitionError
 from ..graph import FlowGraph
 from .context import TaskContext
 from .spec import TaskSpec
@@ -31,6 +32,7 @@ _FLOWBOOK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os
 
 def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
     """Run the attempt described by ``spec``; return the process exit code."""
+    os.setpgid(0, 0)  # the task leads a process group: a timeout kills its children too
     _redirect_output(spec)
     datastore = Datastore(spec.datastore_url)
     started_at = time.time()
@@ -45,7 +47,10 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
         "parents": [p["pathspec"] for p in spec.parents],
         "split_stack": spec.split_stack,
         "foreach_stack": [f for f in spec.split_stack if f["kind"] == "foreach"],
+        "max_attempts": spec.max_attempts,
     }
+    if spec.caught is not None:
+        base["caught"] = True
     datastore.write_attempt_start(
         spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, base
     )
@@ -66,11 +71,14 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
     object.__setattr__(instance, "_fb", context)
     record: dict[str, Any]
     try:
-        step_function = getattr(flow_cls, spec.step)
-        if node.is_join:
-            step_function(instance, context.make_inputs())
+        if spec.caught is not None:
+            _store_caught_exception(instance, context, graph, spec)
         else:
-            step_function(instance)
+            step_function = getattr(flow_cls, spec.step)
+            if node.is_join:
+                step_function(instance, context.make_inputs())
+            else:
+                step_function(instance)
         transition = _check_transition(context, graph, spec)
         if transition.get("foreach"):
             transition["num_splits"] = context.foreach_split_count(instance, transition["foreach"])
@@ -106,6 +114,29 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
         spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, record
     )
     return exit_code
+
+
+def _store_caught_exception(
+    instance: Any, context: TaskContext, graph: FlowGraph, spec: TaskSpec
+) -> None:
+    """The ``@catch`` attempt: no user code runs; the exception becomes an artifact."""
+    node = graph[spec.step]
+    settings = step_settings(node.decorators, spec.step)
+    var = (settings["catch"] or {}).get("var")
+    exc = spec.caught or {}
+    if var:
+        setattr(
+            instance,
+            var,
+            StepException(exc.get("type", ""), exc.get("message", ""), exc.get("traceback", "")),
+        )
+    if node.foreach is not None:
+        raise FlowbookError(
+            f"Flow {spec.flow_name}, step '{spec.step}': @catch cannot continue a foreach "
+            "step whose task failed (there is no list to split)."
+        )
+    if node.name != "end":
+        context.record_transition(list(node.out_funcs), None)
 
 
 def _check_transition(context: TaskContext, graph: FlowGraph, spec: TaskSpec) -> dict:

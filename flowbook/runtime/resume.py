@@ -1,0 +1,128 @@
+"""Resume: which tasks of an origin run can be reused, and how to clone them.
+
+A task of the new run is cloned instead of run when
+
+* its step is not the step the user asked to resume from, nor after it;
+* every parent task in the new run was itself cloned (its inputs are the same);
+* the origin run has a successful task at the same place: the same step and the same
+  position in every enclosing split and foreach.
+
+So after a failure, the failed tasks and everything downstream of them run again,
+while in a foreach whose body failed in only some splits, the other splits are
+cloned. A clone copies the origin's record (its artifact index points at the same
+blobs: no artifact data is copied) and records ``origin_pathspec``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..datastore import Datastore
+from ..exceptions import FlowbookError
+from ..graph import FlowGraph
+
+
+def task_identity(step: str, split_stack: list[dict]) -> tuple:
+    return (
+        step,
+        tuple(
+            (f["step"], f.get("index") if f["kind"] == "foreach" else f["branch"])
+            for f in split_stack
+        ),
+    )
+
+
+def find_origin_run(datastore: Datastore, flow: str, user: str) -> str:
+    """The latest run of ``flow`` started by ``user`` (else by anyone)."""
+    runs = datastore.list_runs(flow)
+    if not runs:
+        raise FlowbookError(f"Flow {flow} has no run to resume in datastore {datastore.url}.")
+    for run_id in runs:
+        record = datastore.read_run(flow, run_id)
+        if record and record.get("user") == user:
+            return run_id
+    return runs[0]
+
+
+def descendants(graph: FlowGraph, step: str) -> set[str]:
+    found = set()
+    todo = [step]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        todo.extend(graph[name].out_funcs)
+    return found
+
+
+class ResumePlan:
+    """The successful tasks of an origin run, by identity, and the steps to re-run."""
+
+    def __init__(
+        self, datastore: Datastore, graph: FlowGraph, origin_run_id: str, step: str | None
+    ) -> None:
+        self.datastore = datastore
+        self.flow = graph.name
+        self.origin_run_id = origin_run_id
+        if datastore.read_run(self.flow, origin_run_id) is None:
+            raise FlowbookError(
+                f"Flow {self.flow} has no run {origin_run_id} to resume in {datastore.url}."
+            )
+        if step is not None and step not in graph:
+            raise FlowbookError(
+                f"Flow {self.flow} has no step '{step}' to resume from "
+                f"(its steps: {', '.join(n.name for n in graph)})."
+            )
+        self.forced = descendants(graph, step) if step else set()
+        self.successful: dict[tuple, dict] = {}
+        for step_name in datastore.list_steps(self.flow, origin_run_id):
+            for task_id in datastore.list_tasks(self.flow, origin_run_id, step_name):
+                attempt, record = datastore.latest_attempt(
+                    self.flow, origin_run_id, step_name, task_id
+                )
+                if record.get("status") == "successful":
+                    key = task_identity(step_name, record.get("split_stack", []))
+                    self.successful[key] = dict(record, attempt=attempt)
+
+    def clone_source(self, step: str, split_stack: list[dict], parents: list[dict]) -> dict | None:
+        """The origin record to clone for this task, or None when it must run."""
+        if step in self.forced:
+            return None
+        if not all(parent.get("cloned") for parent in parents):
+            return None
+        return self.successful.get(task_identity(step, split_stack))
+
+    def clone(
+        self,
+        origin: dict,
+        run_id: str,
+        task_id: str,
+        split_stack: list[dict],
+        parents: list[dict],
+    ) -> dict:
+        """Write the clone's record into the new run and return it."""
+        ds = self.datastore
+        origin_pathspec = f"{self.flow}/{origin['run_id']}/{origin['step']}/{origin['task_id']}"
+        record = dict(
+            origin,
+            run_id=run_id,
+            task_id=task_id,
+            attempt=0,
+            parents=[p["pathspec"] for p in parents],
+            split_stack=split_stack,
+            foreach_stack=[f for f in split_stack if f["kind"] == "foreach"],
+            origin_pathspec=origin_pathspec,
+            origin_run_id=self.origin_run_id,
+            cloned_at=time.time(),
+        )
+        step = origin["step"]
+        for kind in ("stdout", "stderr"):
+            text = ds.read_log(
+                self.flow, origin["run_id"], step, origin["task_id"], origin["attempt"], kind
+            )
+            ds.storage.write_bytes(
+                ds.attempt_file(self.flow, run_id, step, task_id, 0, kind), text.encode()
+            )
+        ds.write_attempt_done(self.flow, run_id, step, task_id, 0, record)
+        return record
