@@ -80,6 +80,7 @@ class FlowGraph:
 
     def __init__(self, flow_name: str, nodes: list[StepNode]) -> None:
         self.name = flow_name
+        self.cli_decorators: list = []
         self.nodes: dict[str, StepNode] = {}
         for node in nodes:
             if node.name in self.nodes:
@@ -99,6 +100,7 @@ class FlowGraph:
 
     def apply_decospecs(self, specs: list) -> None:
         """Add ``--with`` decorators to every step that does not already have them."""
+        self.cli_decorators = list(self.cli_decorators) + list(specs)
         for node in self.nodes.values():
             present = {d.name for d in node.decorators}
             node.decorators = node.decorators + [s for s in specs if s.name not in present]

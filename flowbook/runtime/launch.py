@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,22 @@ def store_parameters(datastore: Datastore, values: dict[str, Any]) -> dict[str, 
         stored = datastore.blobs.put(value, name)
         index[name] = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
     return index
+
+
+def start_task_server(flow_cls: type, graph: FlowGraph) -> TaskServerClient:
+    """Fork the warm task server from this process, or spawn one (see docs/architecture.md).
+
+    ``FLOWBOOK_START_METHOD=spawn`` starts a fresh interpreter that imports the flow
+    file itself; use it where forking the current process is unsafe.
+    """
+    if os.environ.get("FLOWBOOK_START_METHOD", "fork") == "spawn":
+        source = sys.modules[flow_cls.__module__].__file__
+        decospecs = [
+            f"{d.name}:" + ",".join(f"{k}={v!r}" for k, v in d.attributes.items())
+            for d in graph.cli_decorators
+        ]
+        return TaskServerClient.start_spawned(("file", source, flow_cls.__name__, decospecs))
+    return TaskServerClient.start_forked(lambda spec: execute_task(spec, flow_cls, graph))
 
 
 def resume_parameters(
@@ -130,7 +147,7 @@ def run_flow(
         console.message(f"Resuming run {origin_run_id} as run {run_id}:")
     else:
         console.message(f"Workflow starting (run-id {run_id}):")
-    server = TaskServerClient.start_forked(lambda spec: execute_task(spec, flow_cls, graph))
+    server = start_task_server(flow_cls, graph)
     scheduler = Scheduler(
         graph,
         datastore,

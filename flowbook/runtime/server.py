@@ -69,9 +69,18 @@ class Channel:
         self.sock.close()
 
 
-def serve(sock: socket.socket, handler: Callable[[Any], int]) -> None:
+def serve(
+    sock: socket.socket,
+    handler: Callable[[Any], int],
+    pending: list | None = None,
+    channel: Channel | None = None,
+) -> None:
     """The server's loop; returns when the scheduler's end of the socket closes."""
-    channel = Channel(sock)
+    import gc
+
+    gc.freeze()  # keep the collector from touching (and copying) the server's pages in tasks
+    channel = channel or Channel(sock)
+    backlog = list(pending or [])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the scheduler's to handle
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
@@ -82,6 +91,10 @@ def serve(sock: socket.socket, handler: Callable[[Any], int]) -> None:
     try:
         while True:
             _reap(children, channel)
+            if backlog:
+                for message in backlog:
+                    _handle(message, handler, channel, children, (wake_r, wake_w))
+                backlog = []
             readable, _, _ = select.select([channel, wake_r], [], [])
             if wake_r in readable:
                 try:
@@ -94,17 +107,21 @@ def serve(sock: socket.socket, handler: Callable[[Any], int]) -> None:
                 if messages is None:
                     break
                 for message in messages:
-                    if message[0] == "run":
-                        _, key, payload = message
-                        pid = _fork_child(handler, payload, channel, (wake_r, wake_w))
-                        children[pid] = key
-                        channel.send(("started", key, pid))
+                    _handle(message, handler, channel, children, (wake_r, wake_w))
     finally:
         for pid in children:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _handle(message: tuple, handler, channel: Channel, children: dict, wake) -> None:
+    if message[0] == "run":
+        _, key, payload = message
+        pid = _fork_child(handler, payload, channel, wake)
+        children[pid] = key
+        channel.send(("started", key, pid))
 
 
 def _reap(children: dict[int, Any], channel: Channel) -> None:
@@ -153,9 +170,10 @@ def _fork_child(handler: Callable[[Any], int], payload: Any, channel: Channel, w
 class TaskServerClient:
     """The scheduler's handle on a task server process it started."""
 
-    def __init__(self, sock: socket.socket, server_pid: int) -> None:
+    def __init__(self, sock: socket.socket, server_pid: int, popen: Any = None) -> None:
         self.channel = Channel(sock)
         self.server_pid = server_pid
+        self._popen = popen
         self.closed = False
 
     @classmethod
@@ -175,6 +193,28 @@ class TaskServerClient:
         child_sock.close()
         return cls(parent_sock, pid)
 
+    @classmethod
+    def start_spawned(cls, init: tuple) -> TaskServerClient:
+        """Start the server as a fresh interpreter (never forks this process).
+
+        ``init`` tells it what to serve: ``("file", path, class_name, decospecs)`` for
+        a flow file, or ``("pickled", bytes)`` for a cloudpickled handler. This is how
+        a Jupyter kernel, which must not fork, gets a warm server of its own, and the
+        fallback where forking the current process is unsafe.
+        """
+        import subprocess
+
+        parent_sock, child_sock = socket.socketpair()
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "flowbook.runtime.server", str(child_sock.fileno())],
+            pass_fds=[child_sock.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        child_sock.close()
+        client = cls(parent_sock, popen.pid, popen)
+        client.channel.send(init)
+        return client
+
     def fileno(self) -> int:
         return self.channel.fileno()
 
@@ -192,6 +232,9 @@ class TaskServerClient:
             return
         self.closed = True
         self.channel.close()
+        if self._popen is not None:
+            self._popen.wait()
+            return
         try:
             os.waitpid(self.server_pid, 0)
         except ChildProcessError:
@@ -199,3 +242,38 @@ class TaskServerClient:
         except OSError as exc:  # pragma: no cover - defensive
             if exc.errno != errno.ECHILD:
                 raise
+
+
+def _handler_from_init(init: tuple) -> Callable[[Any], int]:
+    kind = init[0]
+    if kind == "pickled":
+        return pickle.loads(init[1])
+    if kind == "file":
+        _, path, class_name, decospecs = init
+        from ..cli.main import load_flow_class
+        from ..decorators import parse_decospec
+        from ..graph import FlowGraph
+        from .task import execute_task
+
+        flow_cls = load_flow_class(path, class_name)
+        graph = FlowGraph.from_flow_class(flow_cls)
+        graph.apply_decospecs([parse_decospec(d) for d in decospecs])
+        return lambda spec: execute_task(spec, flow_cls, graph)
+    raise ValueError(f"unknown task server init {kind!r}")
+
+
+def _spawned_main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    channel = Channel(sock)
+    messages: list = []
+    while not messages:
+        received = channel.receive_available()
+        if received is None:
+            return
+        messages.extend(received)
+    handler = _handler_from_init(messages[0])
+    serve(sock, handler, pending=messages[1:], channel=channel)
+
+
+if __name__ == "__main__":
+    _spawned_main(int(sys.argv[1]))

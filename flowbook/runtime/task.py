@@ -18,7 +18,7 @@ from typing import Any
 # Imported here, before the task server forks, so that task processes start warm.
 import cloudpickle  # noqa: F401
 
-from ..current import current
+from ..current_task import current
 from ..datastore import Datastore
 from ..datastore.blobs import type_name
 from ..decorators import step_settings
