@@ -78,10 +78,10 @@ def _split(pathspec: str, parts: int, kind: str) -> list[str]:
 class _ClientObject:
     _kind = "object"
 
-    def __init__(self, pathspec: str) -> None:
+    def __init__(self, pathspec: str, _datastore_obj: Datastore | None = None) -> None:
         self.pathspec = pathspec
         self.id = pathspec.rsplit("/", 1)[-1]
-        self._ds = _datastore()
+        self._ds = _datastore_obj or _datastore()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.pathspec}')"
@@ -111,9 +111,9 @@ class Metaflow:
 class Flow(_ClientObject):
     """A flow: all of its runs, newest first."""
 
-    def __init__(self, pathspec: str) -> None:
+    def __init__(self, pathspec: str, _datastore_obj: Datastore | None = None) -> None:
         (name,) = _split(pathspec, 1, "Flow")
-        super().__init__(name)
+        super().__init__(name, _datastore_obj)
         if not self._ds.list_runs(name):
             raise ClientNotFound(f"Flow {name} has no runs in datastore {self._ds.url}.")
 
@@ -125,13 +125,13 @@ class Flow(_ClientObject):
                 continue
             all_tags = set(record.get("tags", [])) | set(record.get("system_tags", []))
             if all(t in all_tags for t in tags):
-                yield Run(f"{self.id}/{run_id}", _record=record)
+                yield Run(f"{self.id}/{run_id}", _record=record, _datastore_obj=self._ds)
 
     def __iter__(self) -> Iterator[Run]:
         return self.runs()
 
     def __getitem__(self, run_id: str) -> Run:
-        return Run(f"{self.id}/{run_id}")
+        return Run(f"{self.id}/{run_id}", _datastore_obj=self._ds)
 
     @property
     def latest_run(self) -> Run | None:
@@ -145,14 +145,20 @@ class Flow(_ClientObject):
 class Run(_ClientObject):
     """One run of a flow."""
 
-    def __init__(self, pathspec: str, _record: dict | None = None) -> None:
+    def __init__(
+        self,
+        pathspec: str,
+        _record: dict | None = None,
+        _datastore_obj: Datastore | None = None,
+        _any_namespace: bool = False,
+    ) -> None:
         flow, run_id = _split(pathspec, 2, "Run")
-        super().__init__(pathspec)
+        super().__init__(pathspec, _datastore_obj)
         self.flow_name = flow
         record = _record if _record is not None else self._ds.read_run(flow, run_id)
         if record is None:
             raise ClientNotFound(f"Run {pathspec} does not exist in datastore {self._ds.url}.")
-        if _record is None and not _in_namespace(record):
+        if _record is None and not _any_namespace and not _in_namespace(record):
             raise ClientNotFound(
                 f"Run {pathspec} is not in namespace {get_namespace()!r}; "
                 "use namespace(None) to see every run."
@@ -249,7 +255,7 @@ class Step(_ClientObject):
 
     def __init__(self, pathspec: str, _run: Run | None = None) -> None:
         flow, run_id, step_name = _split(pathspec, 3, "Step")
-        super().__init__(pathspec)
+        super().__init__(pathspec, _run._ds if _run is not None else None)
         self.flow_name, self.run_id = flow, run_id
         if _run is None:
             Run(f"{flow}/{run_id}")  # checks existence and namespace
@@ -258,7 +264,7 @@ class Step(_ClientObject):
 
     def tasks(self) -> Iterator[Task]:
         for task_id in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
-            yield Task(f"{self.pathspec}/{task_id}", _checked=True)
+            yield Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
 
     def __iter__(self) -> Iterator[Task]:
         return self.tasks()
@@ -266,7 +272,7 @@ class Step(_ClientObject):
     def __getitem__(self, task_id: str) -> Task:
         if task_id not in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
             raise ClientNotFound(f"Step {self.pathspec} has no task {task_id}.")
-        return Task(f"{self.pathspec}/{task_id}", _checked=True)
+        return Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
 
     @property
     def task(self) -> Task | None:
@@ -277,9 +283,11 @@ class Step(_ClientObject):
 class Task(_ClientObject):
     """One task: its artifacts, logs and outcome (of its latest attempt)."""
 
-    def __init__(self, pathspec: str, _checked: bool = False) -> None:
+    def __init__(
+        self, pathspec: str, _checked: bool = False, _datastore_obj: Datastore | None = None
+    ) -> None:
         flow, run_id, step_name, task_id = _split(pathspec, 4, "Task")
-        super().__init__(pathspec)
+        super().__init__(pathspec, _datastore_obj)
         self.flow_name, self.run_id, self.step_name = flow, run_id, step_name
         if not _checked:
             Step(f"{flow}/{run_id}/{step_name}")
@@ -400,7 +408,7 @@ class DataArtifact(_ClientObject):
     @classmethod
     def _from(cls, task: Task, name: str, entry: dict) -> DataArtifact:
         obj = cls.__new__(cls)
-        _ClientObject.__init__(obj, f"{task.pathspec}/{name}")
+        _ClientObject.__init__(obj, f"{task.pathspec}/{name}", task._ds)
         obj._task = task
         obj._entry = entry
         return obj

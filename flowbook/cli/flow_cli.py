@@ -98,6 +98,7 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             resume=resume,
             origin_run_id=kwargs.get("origin_run_id"),
             resume_step=kwargs.get("step_to_rerun"),
+            run_id_file=kwargs.get("run_id_file"),
         )
         if not outcome.successful:
             sys.exit(1)
@@ -118,6 +119,7 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             help="The most splits one foreach may make.",
         ),
         click.Option(["--tag", "tags"], multiple=True, help="A tag for the run (repeatable)."),
+        click.Option(["--run-id-file"], default=None, hidden=True),
     ]
     for param in parameters.values():
         common.append(
@@ -169,10 +171,14 @@ def _option_key(name: str) -> str:
     return "param_" + name.replace("-", "_")
 
 
-def main(flow_cls: type, args: list[str] | None = None) -> None:
-    """Validate the flow, then run the command line; never returns."""
+def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None = None) -> None:
+    """Validate the flow, then run the command line; never returns.
+
+    ``graph`` is given when the class's source is not readable here (a flow class
+    defined in a notebook and sent to a subprocess by NBRunner).
+    """
     try:
-        graph = FlowGraph.from_flow_class(flow_cls)
+        graph = graph or FlowGraph.from_flow_class(flow_cls)
         cli = build_cli(flow_cls, graph)
         cli.main(args=args, prog_name=os.path.basename(sys.argv[0]), standalone_mode=False)
     except FlowbookError as exc:

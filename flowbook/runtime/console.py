@@ -19,7 +19,8 @@ def timestamp() -> str:
 
 
 class Console:
-    """Where a run's messages go; ``quiet`` keeps only errors and the final line."""
+    """Where a run's messages go; ``quiet`` drops flowbook's own progress messages
+    (task output and errors are still shown)."""
 
     def __init__(
         self, out: TextIO | None = None, err: TextIO | None = None, quiet: bool = False
@@ -38,8 +39,6 @@ class Console:
         self.err.flush()
 
     def task_line(self, prefix: str, line: str, stderr: bool = False) -> None:
-        if self.quiet:
-            return
         stream = self.err if stderr else self.out
         stream.write(f"{timestamp()} [{prefix}] {line}\n")
 

@@ -107,6 +107,7 @@ def run_flow(
     origin_run_id: str | None = None,
     resume: bool = False,
     resume_step: str | None = None,
+    run_id_file: str | None = None,
 ) -> RunOutcome:
     """Run ``flow_cls`` to the end (or the first failure) as a new run.
 
@@ -143,6 +144,10 @@ def run_flow(
             "origin_run_id": origin_run_id if resume else None,
         },
     )
+    if run_id_file:  # how a Runner in another process learns the run's id
+        with open(run_id_file + ".tmp", "w") as handle:
+            handle.write(f"{graph.name}/{run_id}")
+        os.replace(run_id_file + ".tmp", run_id_file)
     if resume:
         console.message(f"Resuming run {origin_run_id} as run {run_id}:")
     else:
