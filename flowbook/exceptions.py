@@ -25,6 +25,10 @@ class FlowbookError(Exception):
         # Errors cross process boundaries (task -> scheduler -> kernel): keep them picklable.
         return (self.__class__, (self.message,))
 
+    def _render_traceback_(self) -> list[str]:
+        """How IPython shows it: the message alone, not flowbook's frames."""
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self.message}"]
+
 
 class GraphError(FlowbookError):
     """The flow's DAG is not valid; nothing has run."""

@@ -78,7 +78,9 @@ class StepNode:
 class FlowGraph:
     """A validated flow DAG; iterate it for the steps in source order."""
 
-    def __init__(self, flow_name: str, nodes: list[StepNode]) -> None:
+    def __init__(self, flow_name: str, nodes: list[StepNode], partial: bool = False) -> None:
+        """``partial=True`` skips validation: a notebook flow while it is being written,
+        whose single steps can run before the whole graph exists."""
         self.name = flow_name
         self.cli_decorators: list = []
         self.nodes: dict[str, StepNode] = {}
@@ -86,7 +88,18 @@ class FlowGraph:
             if node.name in self.nodes:
                 raise GraphError(f"Flow {flow_name}: two steps are named '{node.name}'.")
             self.nodes[node.name] = node
-        self._validate()
+        if partial:
+            self._link()
+        else:
+            self._validate()
+
+    def _link(self) -> None:
+        for node in self.nodes.values():
+            node.in_funcs = []
+        for node in self.nodes.values():
+            for target in node.out_funcs:
+                if target in self.nodes:
+                    self.nodes[target].in_funcs.append(node.name)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -175,11 +188,7 @@ class FlowGraph:
                         f"Flow {flow}: step '{node.name}' calls self.next(self.{target}), "
                         f"but the flow has no step '{target}'."
                     )
-        for node in self.nodes.values():
-            node.in_funcs = []
-        for node in self.nodes.values():
-            for target in node.out_funcs:
-                self.nodes[target].in_funcs.append(node.name)
+        self._link()
         if self.nodes["start"].in_funcs:
             raise GraphError(
                 f"Flow {flow}: step 'start' is the target of "
@@ -230,6 +239,8 @@ class FlowGraph:
 
     def _topological_order(self) -> list[str]:
         indegree = {name: len(node.in_funcs) for name, node in self.nodes.items()}
+        if not self.nodes:
+            return []
         by_line = sorted(self.nodes.values(), key=lambda n: n.lineno or 0)
         position = {n.name: i for i, n in enumerate(by_line)}
         ready = sorted((n for n, d in indegree.items() if d == 0), key=position.get)
@@ -238,6 +249,8 @@ class FlowGraph:
             name = ready.pop(0)
             order.append(name)
             for target in self.nodes[name].out_funcs:
+                if target not in indegree:  # a partial graph may name steps not written yet
+                    continue
                 indegree[target] -= 1
                 if indegree[target] == 0:
                     ready.append(target)
@@ -268,7 +281,7 @@ class FlowGraph:
                     raise GraphError(
                         f"Flow {flow}: step '{name}' has several parents "
                         f"({', '.join(node.in_funcs)}) but is not a join; declare it as "
-                        f"'def {name}(self, inputs)'."
+                        f"'def {name}(self, inputs)' (in a notebook: %%step {name} --join)."
                     )
                 node.split_stack = parent_stacks[node.in_funcs[0]]
         end = self.nodes["end"]

@@ -13,12 +13,17 @@ import sys
 USAGE = """\
 usage: flowbook [--datastore URL] [--quiet] COMMAND FILE [OPTIONS...]
 
-Commands for a FlowSpec file (the same as `python FILE COMMAND`):
+FILE is a FlowSpec file (the same as `python FILE COMMAND`) or a notebook (.ipynb):
   check    validate the flow's graph
   show     print the steps, their docstrings and transitions
   run      run the flow (parameters as --name value)
+  resume   run again from the failed steps (or from STEP), reusing the rest
   logs     print a task's stored output: logs FILE RUN_ID/STEP[/TASK_ID]
   dump     print a task's artifacts:     dump FILE RUN_ID/STEP[/TASK_ID]
+
+For notebooks:
+  export   write the notebook's flow as a file: export NB --to flow|metaflow -o flow.py
+  tag      convert %%step magics to cell tags (--to tags) or back (--to magics)
 
 Use `flowbook COMMAND FILE --help` for a command's options.
 """
@@ -79,9 +84,35 @@ def main(argv: list[str] | None = None) -> None:
     from .flow_cli import fail
     from .flow_cli import main as flow_main
 
+    if command in NOTEBOOK_TOOLS:
+        NOTEBOOK_TOOLS[command](path, rest)
+        return
+    graph = None
     try:
-        flow_cls = load_flow_class(path)
+        if path.endswith(".ipynb"):
+            from ..notebook.builder import build_flow
+            from ..notebook.cells import read_notebook
+
+            flow_cls, graph = build_flow(read_notebook(path))
+        else:
+            flow_cls = load_flow_class(path)
     except FlowbookError as exc:
         fail(str(exc))
     sys.argv = [path, *top, command, *rest]
-    flow_main(flow_cls, [*top, command, *rest])
+    flow_main(flow_cls, [*top, command, *rest], graph=graph)
+
+
+def _export(path: str, rest: list[str]) -> None:
+
+    from .notebook_tools import export_command
+
+    export_command.main(args=[path, *rest], prog_name="flowbook export")
+
+
+def _tag(path: str, rest: list[str]) -> None:
+    from .notebook_tools import tag_command
+
+    tag_command.main(args=[path, *rest], prog_name="flowbook tag")
+
+
+NOTEBOOK_TOOLS = {"export": _export, "tag": _tag}

@@ -108,13 +108,16 @@ def run_flow(
     resume: bool = False,
     resume_step: str | None = None,
     run_id_file: str | None = None,
+    executor: Any = None,
+    on_event: Any = None,
 ) -> RunOutcome:
     """Run ``flow_cls`` to the end (or the first failure) as a new run.
 
     With ``resume=True`` the new run reuses the successful tasks of
     ``origin_run_id`` (default: the latest run) up to ``resume_step`` or the first
     failure; ``parameter_values`` then holds only the values given explicitly,
-    which must equal the origin's.
+    which must equal the origin's. ``executor`` is a task server that stays open
+    after the run (a notebook's); by default one is started for this run.
     """
     console = console or Console()
     datastore = Datastore(datastore_url)
@@ -152,7 +155,7 @@ def run_flow(
         console.message(f"Resuming run {origin_run_id} as run {run_id}:")
     else:
         console.message(f"Workflow starting (run-id {run_id}):")
-    server = start_task_server(flow_cls, graph)
+    server = executor or start_task_server(flow_cls, graph)
     scheduler = Scheduler(
         graph,
         datastore,
@@ -165,12 +168,14 @@ def run_flow(
         tags=tags,
         user=user,
         resume_plan=plan,
+        on_event=on_event,
     )
     successful = False
     try:
         successful = scheduler.run()
     finally:
-        server.close()
+        if executor is None:
+            server.close()
         datastore.write_run_status(
             graph.name,
             run_id,

@@ -83,6 +83,7 @@ class Scheduler:
         user: str = "",
         on_event: Callable[[str, dict], None] | None = None,
         resume_plan: ResumePlan | None = None,
+        only_steps: set[str] | None = None,
     ) -> None:
         self.graph = graph
         self.flow = graph.name
@@ -103,14 +104,26 @@ class Scheduler:
         self.delayed: list[tuple[float, PendingTask]] = []
         self.running: dict[str, RunningTask] = {}
         self.joins: dict[tuple, dict] = {}
+        self.only_steps = only_steps
+        self.finished_records: list[dict] = []
         self.failures: list[str] = []
         self.end_succeeded = False
         self._last_task_id = 0
 
     # ------------------------------------------------------------ public
-    def run(self) -> bool:
-        """Run the flow from ``start``; True when the end step succeeded."""
-        self.queue.append(PendingTask("start", self._new_task_id(), [], []))
+    def run(self, parent_records: list[dict] | None = None) -> bool:
+        """Run the flow from ``start``; True when the end step succeeded.
+
+        With ``parent_records`` (finished tasks of this run) and ``only_steps``, run
+        just the tasks of those steps that follow the given parents: how a notebook
+        runs one step cell against the latest results of its parents.
+        """
+        if parent_records:
+            for record in parent_records:
+                self._schedule_successors(record)
+        else:
+            self._to_child("start", None, [])
+        self.on_event("run_seeded", {"queued": len(self.queue)})
         try:
             self._loop()
         except KeyboardInterrupt:
@@ -118,7 +131,12 @@ class Scheduler:
             self.console.error("Interrupted: stopping running tasks...")
             self._terminate_running()
             raise
+        if self.only_steps is not None:
+            return not self.failures
         return self.end_succeeded and not self.failures
+
+    def set_first_task_id(self, last_used: int) -> None:
+        self._last_task_id = last_used
 
     # ------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -261,6 +279,7 @@ class Scheduler:
             self.flow, self.run_id, spec.step, spec.task_id, spec.attempt
         )
         if code == 0 and record and record.get("status") == "successful":
+            self.finished_records.append(record)
             self.console.message(f"[{task.prefix}] Task finished successfully.")
             self.on_event("task_finished", {"step": spec.step, "task_id": spec.task_id})
             self._schedule_successors(record)
@@ -371,9 +390,12 @@ class Scheduler:
         else:
             self._to_child(node.out_funcs[0], parent, stack)
 
-    def _to_child(self, step: str, parent: dict, stack: list[dict]) -> None:
+    def _to_child(self, step: str, parent: dict | None, stack: list[dict]) -> None:
+        if self.only_steps is not None and step not in self.only_steps:
+            return
         if not self.graph[step].is_join:
-            self.queue.append(PendingTask(step, self._new_task_id(), [parent], stack))
+            parents = [parent] if parent is not None else []
+            self.queue.append(PendingTask(step, self._new_task_id(), parents, stack))
             return
         top = stack[-1]
         key = (step, top["step"], top["task"], json.dumps(stack[:-1], sort_keys=True))

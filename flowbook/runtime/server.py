@@ -116,7 +116,16 @@ def serve(
                 pass
 
 
+#: Objects the scheduler sent with ("define", name, pickled bytes), e.g. a notebook's
+#: flow as it is now; unpickled once here so that every task forked after it is warm.
+DEFINITIONS: dict[str, Any] = {}
+
+
 def _handle(message: tuple, handler, channel: Channel, children: dict, wake) -> None:
+    if message[0] == "define":
+        _, name, data = message
+        DEFINITIONS[name] = pickle.loads(data)
+        return
     if message[0] == "run":
         _, key, payload = message
         pid = _fork_child(handler, payload, channel, wake)
@@ -221,6 +230,20 @@ class TaskServerClient:
     def submit(self, key: Any, payload: Any) -> None:
         self.channel.send(("run", key, payload))
 
+    def define(self, name: str, data: bytes) -> None:
+        """Send an object (pickled) that later payloads refer to by ``name``."""
+        self.channel.send(("define", name, data))
+
+    def alive(self) -> bool:
+        if self.closed:
+            return False
+        if self._popen is not None:
+            return self._popen.poll() is None
+        try:
+            return os.waitpid(self.server_pid, os.WNOHANG) == (0, 0)
+        except ChildProcessError:
+            return False
+
     def read_events(self) -> list[tuple]:
         messages = self.channel.receive_available()
         if messages is None:
@@ -276,4 +299,8 @@ def _spawned_main(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    _spawned_main(int(sys.argv[1]))
+    # Run through the importable module, not this __main__ copy of it, so that
+    # DEFINITIONS is the one that task handlers import.
+    from flowbook.runtime import server as _server
+
+    _server._spawned_main(int(sys.argv[1]))

@@ -1,0 +1,256 @@
+"""The IPython face of flowbook: ``%%step``, ``%%setup``, ``%%parameters`` and ``%flow``.
+
+Magics stay thin: parse the line, call the session, display. Errors flowbook raises
+on purpose fail the cell with their one-line message (no traceback from inside
+flowbook); a failing step shows the user's own traceback, printed by its task.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from typing import Any
+
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from ..exceptions import FlowbookError
+from .cells import _ArgumentParser, parse_step_line
+from .console import NotebookConsole
+from .results import FlowResults
+from .session import NotebookSession
+
+FLOW_HELP = """\
+%flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T] [--quiet]
+%flow run MyFlow [--name value ...]   run a FlowSpec class defined in this notebook
+%flow resume [STEP] [--origin-run-id ID]
+%flow show | status | name NAME
+%flow logs PATHSPEC [--stderr]
+%flow export --to flow|metaflow PATH
+"""
+
+
+@magics_class
+class FlowbookMagics(Magics):
+    def __init__(self, shell: Any, session: NotebookSession) -> None:
+        super().__init__(shell)
+        self.session = session
+
+    # ------------------------------------------------------------ cell magics
+    @cell_magic
+    def step(self, line: str, cell: str) -> None:
+        """%%step NAME [--next A B] [--foreach X] [--join] [--retry N] [--catch V] [--timeout S]"""
+        where = f"In[{self.shell.execution_count}]"
+        step_cell = parse_step_line(line, cell, where=where, first_line=2)
+        for warning in self.session.exploration_warnings(step_cell):
+            print(f"flowbook warning: {warning}", file=sys.stderr)
+        console = NotebookConsole(plain=True, label=step_cell.name)
+        started = time.perf_counter()
+        records = self.session.run_step(step_cell, console)
+        elapsed = time.perf_counter() - started
+        artifacts = sorted(
+            {name for r in records for name in r.get("artifacts", {})}
+            - set(self.session.parameter_names)
+        )
+        tasks = f"{len(records)} tasks" if len(records) != 1 else "1 task"
+        print(
+            f"✓ step '{step_cell.name}' done in {elapsed:.2f} s ({tasks}); "
+            f"flow.{step_cell.name}: {', '.join(artifacts) or 'no artifacts'}"
+        )
+        stale = sorted(self.session.stale)
+        if stale:
+            print(f"  stale now: {', '.join(stale)} (run their cells again to refresh)")
+
+    @cell_magic
+    def setup(self, line: str, cell: str) -> None:
+        """%%setup: imports, functions and classes every step can use."""
+        self._execute(cell, "<setup>")
+        self.session.register_setup(cell)
+
+    @cell_magic
+    def parameters(self, line: str, cell: str) -> None:
+        """%%parameters: plain assignments that become the flow's Parameters."""
+        self.session.register_parameters(cell)
+        self._execute(cell, "<parameters>")
+
+    def _execute(self, cell: str, filename: str) -> None:
+        code = self.shell.transform_cell(cell)
+        exec(compile(code, filename, "exec"), self.shell.user_ns)
+
+    # ------------------------------------------------------------ %flow
+    @line_magic
+    def flow(self, line: str) -> Any:
+        """%flow run|resume|show|status|logs|export|name ... (see %flow help)"""
+        words = shlex.split(line)
+        if not words or words[0] in ("help", "-h", "--help"):
+            print(FLOW_HELP, end="")
+            return None
+        command, rest = words[0], words[1:]
+        handler = getattr(self, f"_flow_{command}", None)
+        if handler is None:
+            raise FlowbookError(f"%flow {command}: unknown command.\n{FLOW_HELP}")
+        return handler(rest)
+
+    def _flow_name(self, rest: list[str]) -> None:
+        if len(rest) != 1 or not rest[0].isidentifier():
+            raise FlowbookError("%flow name NAME: give one Python identifier.")
+        self.session.flow_name_override = rest[0]
+        print(f"This notebook's flow is now named {rest[0]}.")
+
+    def _run_parser(self, command: str) -> _ArgumentParser:
+        parser = _ArgumentParser(prog=f"%flow {command}", add_help=False)
+        parser.add_argument("--max-workers", type=int, default=16)
+        parser.add_argument("--max-num-splits", type=int, default=100)
+        parser.add_argument("--tag", action="append", default=[])
+        parser.add_argument("--quiet", action="store_true")
+        return parser
+
+    def _flow_run(self, rest: list[str]) -> Any:
+        flow_class = rest.pop(0) if rest and not rest[0].startswith("-") else None
+        args, extra = self._run_parser("run").parse_known_args(rest)
+        given = _pairs(extra, "%flow run")
+        if flow_class:
+            return self._run_class(flow_class, given, args)
+        console = NotebookConsole(quiet=args.quiet)
+        outcome = self.session.run_flow(
+            given,
+            console,
+            max_workers=args.max_workers,
+            max_num_splits=args.max_num_splits,
+            tags=args.tag,
+        )
+        return self._finish(outcome)
+
+    def _flow_resume(self, rest: list[str]) -> Any:
+        parser = self._run_parser("resume")
+        parser.add_argument("step", nargs="?")
+        parser.add_argument("--origin-run-id", default=None)
+        args, extra = parser.parse_known_args(rest)
+        outcome = self.session.run_flow(
+            _pairs(extra, "%flow resume"),
+            NotebookConsole(quiet=args.quiet),
+            max_workers=args.max_workers,
+            max_num_splits=args.max_num_splits,
+            resume=True,
+            origin_run_id=args.origin_run_id,
+            resume_step=args.step,
+            tags=args.tag,
+        )
+        return self._finish(outcome)
+
+    def _finish(self, outcome: Any) -> Any:
+        if not outcome.successful:
+            raise FlowbookError(
+                f"Run {outcome.pathspec} failed: "
+                + "; ".join(outcome.failures)
+                + f"\nFix the step and resume it with: %flow resume --origin-run-id {outcome.run_id}"
+            )
+        print(f"✓ run {outcome.pathspec} finished; its results: flow.last_run")
+        return None
+
+    def _run_class(self, name: str, given: dict[str, str], args: Any) -> Any:
+        from ..flowspec import FlowSpec
+        from ..runner import NBRunner
+
+        flow_cls = self.shell.user_ns.get(name)
+        if not (isinstance(flow_cls, type) and issubclass(flow_cls, FlowSpec)):
+            raise FlowbookError(f"%flow run {name}: no FlowSpec class named {name} here.")
+        runner = NBRunner(flow_cls, show_output=not args.quiet)
+        try:
+            running = runner.runner.run(
+                max_workers=args.max_workers,
+                max_num_splits=args.max_num_splits,
+                tags=args.tag,
+                **given,
+            )
+        finally:
+            runner.runner.cleanup()
+        if running.status != "successful":
+            raise FlowbookError(f"Flow {name} failed:\n{running.stderr.strip()[-2000:]}")
+        print(f"✓ run {running.run.pathspec} finished")
+        return running.run
+
+    def _flow_show(self, rest: list[str]) -> None:
+        graph = self.session.partial_graph()
+        for node in graph:
+            state = _state(self.session, node.name)
+            print(f"Step {node.name} [{state}]")
+            if node.doc:
+                print("    " + node.doc.replace("\n", "\n    "))
+            if node.foreach:
+                print(f"    => {node.out_funcs[0]} (foreach over '{node.foreach}')")
+            elif node.out_funcs:
+                print("    => " + ", ".join(node.out_funcs))
+        try:
+            self.session.full_graph()
+        except FlowbookError as exc:
+            print(f"\n(not a complete flow yet: {exc})")
+
+    def _flow_status(self, rest: list[str]) -> None:
+        print(repr(FlowResults(self.session)))
+        if self.session.run_id:
+            print(f"interactive run: {self.session.flow_name}/{self.session.run_id}")
+        if self.session.last_run_pathspec:
+            print(f"latest %flow run: {self.session.last_run_pathspec}")
+
+    def _flow_logs(self, rest: list[str]) -> None:
+        from ..client import Task
+
+        parser = _ArgumentParser(prog="%flow logs", add_help=False)
+        parser.add_argument("pathspec")
+        parser.add_argument("--stderr", action="store_true")
+        args = parser.parse_args(rest)
+        parts = args.pathspec.strip("/").split("/")
+        if len(parts) == 3:
+            parts = [self.session.flow_name, *parts]
+        task = Task("/".join(parts), _datastore_obj=self.session.datastore)
+        print(task.stderr if args.stderr else task.stdout, end="")
+
+    def _flow_export(self, rest: list[str]) -> None:
+        from ..export.flowfile import export_flow_file
+
+        parser = _ArgumentParser(prog="%flow export", add_help=False)
+        parser.add_argument("--to", choices=["flow", "metaflow"], default="flow")
+        parser.add_argument("path")
+        args = parser.parse_args(rest)
+        target = "metaflow" if args.to == "metaflow" else "flowbook"
+        export_flow_file(self.session.source(), args.path, target)
+        print(f"Wrote flow {self.session.flow_name} to {args.path}")
+
+
+def _pairs(words: list[str], where: str) -> dict[str, str]:
+    """``--name value`` pairs (parameters) from the rest of a %flow line."""
+    given: dict[str, str] = {}
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if not word.startswith("--") or index + 1 >= len(words):
+            raise FlowbookError(f"{where}: expected --name value pairs, got {word!r}.")
+        given[word[2:]] = words[index + 1]
+        index += 2
+    return given
+
+
+def _state(session: NotebookSession, step: str) -> str:
+    if step not in session.latest:
+        return "not run"
+    return "stale" if step in session.stale else "done"
+
+
+def load_ipython_extension(shell: Any) -> None:
+    session = NotebookSession(shell)
+    shell.register_magics(FlowbookMagics(shell, session))
+    shell.user_ns["flow"] = FlowResults(session)
+    shell._flowbook_session = session
+
+
+def unload_ipython_extension(shell: Any) -> None:
+    session = getattr(shell, "_flowbook_session", None)
+    if session is not None:
+        session.close()
+        del shell._flowbook_session
+    for kind, names in (("cell", ("step", "setup", "parameters")), ("line", ("flow",))):
+        for name in names:
+            shell.magics_manager.magics[kind].pop(name, None)
+    if isinstance(shell.user_ns.get("flow"), FlowResults):
+        del shell.user_ns["flow"]

@@ -1,0 +1,323 @@
+"""The notebook's flow inside a kernel: registered cells, the interactive run, results.
+
+One :class:`NotebookSession` per kernel. Executing a ``%%step`` cell registers (or
+replaces) the step and runs it at once, as task(s) of the session's *interactive
+run*, against the latest results of its parent steps in that run. Re-running a step
+adds new tasks (nothing stored is overwritten) and marks the steps after it stale.
+``%flow run`` runs the whole notebook flow as a new, ordinary run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from ..datastore import Datastore
+from ..exceptions import FlowbookError, StepFailed
+from ..graph import FlowGraph
+from ..runtime.launch import current_user, store_parameters, system_tags
+from ..runtime.scheduler import Scheduler
+from .builder import build_flow, global_names_used, names_defined, step_node
+from .cells import NotebookSource, StepCell, flow_name_from_path, parse_parameters
+from .console import NotebookConsole
+
+
+class NotebookSession:
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.flow_name_override: str | None = None
+        self.setup: dict[str, str] = {}
+        self.parameter_names: dict[str, Any] = {}
+        self.steps: dict[str, StepCell] = {}
+        self.latest: dict[str, list[dict]] = {}
+        self.stale: set[str] = set()
+        self.run_id: str | None = None
+        self.last_task_id = 0
+        self.last_run_pathspec: str | None = None
+        self._executor = None
+        self._datastore: Datastore | None = None
+        self.listeners: list = []
+
+    # ------------------------------------------------------------ naming, resources
+    @property
+    def flow_name(self) -> str:
+        if self.flow_name_override:
+            return self.flow_name_override
+        path = self.shell.user_ns.get("__session__") or os.environ.get("JPY_SESSION_NAME")
+        if path and str(path).endswith(".ipynb"):
+            return flow_name_from_path(str(path))
+        return "NotebookFlow"
+
+    @property
+    def datastore(self) -> Datastore:
+        if self._datastore is None:
+            self._datastore = Datastore()
+        return self._datastore
+
+    @property
+    def executor(self):
+        from .executor import NotebookExecutor
+
+        if self._executor is None or not self._executor.alive():
+            self._executor = NotebookExecutor()
+        return self._executor
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    # ------------------------------------------------------------ registration
+    def _cell_key(self) -> str:
+        try:
+            parent = self.shell.kernel.get_parent()  # type: ignore[attr-defined]
+            cell_id = (parent.get("metadata") or {}).get("cellId")
+        except Exception:
+            cell_id = None
+        return cell_id or f"exec-{self.shell.execution_count}"
+
+    def register_setup(self, code: str) -> None:
+        self.setup[self._cell_key()] = code
+
+    def register_parameters(self, code: str) -> None:
+        self.parameter_names.update(parse_parameters(code, "the %%parameters cell").values)
+
+    def source(self) -> NotebookSource:
+        return NotebookSource(
+            flow_name=self.flow_name,
+            setup=list(self.setup.values()),
+            parameters={name: self._parameter_value(name) for name in self.parameter_names},
+            steps=dict(self.steps),
+        )
+
+    def _parameter_value(self, name: str) -> Any:
+        # The kernel's current value wins: papermill injects new values as assignments.
+        return self.shell.user_ns.get(name, self.parameter_names[name])
+
+    def _setup_names(self) -> set[str]:
+        names: set[str] = set()
+        for code in self.setup.values():
+            names |= names_defined(code)
+        return names
+
+    def _globals(self) -> dict:
+        """What step code sees: the setup cells' names, taken from the kernel."""
+        user_ns = self.shell.user_ns
+        snapshot = {name: user_ns[name] for name in self._setup_names() if name in user_ns}
+        snapshot["__name__"] = "__main__"
+        snapshot["__builtins__"] = __builtins__
+        return snapshot
+
+    def exploration_warnings(self, cell: StepCell) -> list[str]:
+        """Global names the step uses that only exploration cells define."""
+        _, tree = step_node(cell, self.flow_name)
+        setup = self._setup_names()
+        warnings = []
+        for name in sorted(global_names_used(tree)):
+            if name in setup:
+                continue
+            where = self._defining_input(name)
+            if name in self.shell.user_ns or where:
+                warnings.append(
+                    f"step '{cell.name}' uses '{name}', which only an exploration cell "
+                    f"defines{f' ({where})' if where else ''}: the headless run and the "
+                    "export will not see it. Define it in a %%setup cell."
+                )
+            else:
+                warnings.append(f"step '{cell.name}' uses '{name}', which no %%setup cell defines.")
+        return warnings
+
+    def _defining_input(self, name: str) -> str | None:
+        history = self.shell.user_ns.get("In") or []
+        for number in range(len(history) - 1, 0, -1):
+            if name in names_defined(_python_only(history[number])):
+                return f"In[{number}]"
+        return None
+
+    # ------------------------------------------------------------ running one step
+    def run_step(self, cell: StepCell, console: NotebookConsole) -> list[dict]:
+        """Register ``cell`` and run its task(s); returns their records."""
+        step_node(cell, self.flow_name)  # refuse a broken cell before replacing the old one
+        previous = self.steps.get(cell.name)
+        self.steps[cell.name] = cell
+        try:
+            flow_cls, graph = build_flow(self.source(), self._globals(), partial=True)
+            parents = self._parent_records(graph, cell.name)
+        except FlowbookError:
+            if previous is None:
+                del self.steps[cell.name]
+            else:
+                self.steps[cell.name] = previous
+            raise
+        run_id = self._interactive_run(graph)
+        executor = self.executor
+        executor.define(flow_cls, graph, _sources())
+        scheduler = Scheduler(
+            graph,
+            self.datastore,
+            run_id,
+            executor,
+            console,
+            self._parameter_index(),
+            max_workers=16,
+            max_num_splits=10_000,
+            user=current_user(),
+            only_steps={cell.name},
+            on_event=lambda kind, info: (console.event(kind, info), self._notify(kind, info)),
+        )
+        scheduler.set_first_task_id(self.last_task_id)
+        ok = scheduler.run(parents)
+        self.last_task_id = scheduler._last_task_id
+        if not ok:
+            raise StepFailed(
+                f"Step '{cell.name}' failed: " + "; ".join(scheduler.failures),
+                pathspec=f"{self.flow_name}/{run_id}/{cell.name}",
+            )
+        records = sorted(
+            scheduler.finished_records,
+            key=lambda r: [f.get("index", 0) for f in r.get("foreach_stack", [])],
+        )
+        self.latest[cell.name] = records
+        self.stale.discard(cell.name)
+        self.stale |= _downstream(graph, cell.name) & set(self.latest)
+        self._notify("step_done", {"step": cell.name})
+        return records
+
+    def _parent_records(self, graph: FlowGraph, step: str) -> list[dict]:
+        if step == "start":
+            return []
+        parents = graph[step].in_funcs
+        if not parents:
+            raise FlowbookError(
+                f"Flow {self.flow_name}: no step goes to '{step}' yet (no registered step "
+                f"calls self.next(self.{step})); run the cell of its parent step first."
+            )
+        records = []
+        for parent in parents:
+            if parent not in self.latest:
+                raise FlowbookError(
+                    f"Flow {self.flow_name}: step '{step}' needs the results of step "
+                    f"'{parent}', which has not run yet in this session; run its cell first."
+                )
+            records.extend(self.latest[parent])
+        return records
+
+    def _interactive_run(self, graph: FlowGraph) -> str:
+        if self.run_id is None:
+            ds = self.datastore
+            ds.storage.check_writable()
+            user = current_user()
+            self.run_id = ds.new_run_id(self.flow_name)
+            ds.write_run(
+                self.flow_name,
+                self.run_id,
+                {
+                    "flow": self.flow_name,
+                    "run_id": self.run_id,
+                    "user": user,
+                    "tags": ["interactive"],
+                    "system_tags": system_tags(user) + ["runtime:notebook"],
+                    "created_at": time.time(),
+                    "parameters": {},
+                    "graph": graph.to_dict(),
+                    "origin_run_id": None,
+                    "interactive": True,
+                },
+            )
+        return self.run_id
+
+    def _parameter_index(self) -> dict[str, dict]:
+        values = {name: self._parameter_value(name) for name in self.parameter_names}
+        return store_parameters(self.datastore, values)
+
+    # ------------------------------------------------------------ whole runs
+    def run_flow(
+        self,
+        given: dict[str, str],
+        console: NotebookConsole,
+        max_workers: int = 16,
+        max_num_splits: int = 100,
+        resume: bool = False,
+        origin_run_id: str | None = None,
+        resume_step: str | None = None,
+        tags: list[str] | None = None,
+    ):
+        """Run the whole notebook flow as a new run (or resume one); returns the outcome."""
+        from ..parameters import flow_parameters, resolve_parameters
+        from ..runtime.launch import run_flow
+
+        flow_cls, graph = build_flow(self.source(), self._globals())
+        parameters = flow_parameters(flow_cls)
+        if resume:
+            by_name = {p.name: (attr, p) for attr, p in parameters.items()}
+            unknown = [n for n in given if n not in by_name]
+            if unknown:
+                resolve_parameters(self.flow_name, parameters, {n: given[n] for n in unknown})
+            values = {
+                by_name[n][0]: by_name[n][1].convert(v, self.flow_name) for n, v in given.items()
+            }
+        else:
+            values = resolve_parameters(self.flow_name, parameters, given, environ={})
+        executor = self.executor
+        executor.define(flow_cls, graph, _sources())
+        outcome = run_flow(
+            flow_cls,
+            graph,
+            values,
+            max_workers=max_workers,
+            max_num_splits=max_num_splits,
+            tags=tags,
+            console=console,
+            executor=executor,
+            resume=resume,
+            origin_run_id=origin_run_id,
+            resume_step=resume_step,
+            on_event=self._notify,
+        )
+        self.last_run_pathspec = outcome.pathspec
+        return outcome
+
+    def full_graph(self) -> FlowGraph:
+        return build_flow(self.source(), self._globals())[1]
+
+    def partial_graph(self) -> FlowGraph:
+        return build_flow(self.source(), self._globals(), partial=True)[1]
+
+    # ------------------------------------------------------------ events
+    def _notify(self, kind: str, info: dict) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(kind, info)
+            except Exception:  # a broken view must not break a run
+                pass
+
+
+def _downstream(graph: FlowGraph, step: str) -> set[str]:
+    found: set[str] = set()
+    todo = [t for t in graph[step].out_funcs if t in graph]
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(t for t in graph[name].out_funcs if t in graph)
+    return found
+
+
+def _sources() -> dict[str, str]:
+    import linecache
+
+    return {
+        name: "".join(entry[2])
+        for name, entry in list(linecache.cache.items())
+        if name.startswith(("<step ", "<setup cell ")) and len(entry) == 4
+    }
+
+
+def _python_only(code: str) -> str:
+    from .cells import strip_ipython_lines
+
+    lines = code.splitlines()
+    if lines and lines[0].lstrip().startswith("%%"):
+        return ""
+    return strip_ipython_lines(code)
