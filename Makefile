@@ -10,9 +10,10 @@ install:
 install-test:
 	$(PIP) install -q -e '.[test]'
 
-# Runs an example flow end to end on the default local datastore; prints its DAG and results.
+# Runs an example flow and an example notebook end to end on the default local
+# datastore (./.flowbook); prints their DAGs and results.
 demo: install
-	$(PYTHON) -m flowbook.examples.demo
+	$(PYTHON) -m flowbook.examples.demo notebooks/counter_branches.ipynb
 
 lint:
 	$(PYTHON) -m ruff format --check .

@@ -1,8 +1,10 @@
-"""``make demo``: run an example flow end to end and print its DAG and its results.
+"""``make demo``: run an example flow and an example notebook end to end, print DAGs and results.
 
 The flow runs in a subprocess exactly as a user would run it
 (``python counter_branch_helper.py run``) on the default local datastore
-(``./.flowbook``); the results are then read back through the Client API.
+(``./.flowbook``); the notebook (given as the first argument) is executed top to
+bottom by papermill in a real kernel, its ``%%step`` cells running as tasks. The
+results of both are then read back through the Client API.
 """
 
 from __future__ import annotations
@@ -37,6 +39,37 @@ def main() -> int:
             )
             print(f"  {task.pathspec:<50} {values}")
     print(f"\nrun.data.count = {run.data.count}, run.data.creature = {run.data.creature!r}")
+    if len(sys.argv) > 1:
+        return run_notebook(sys.argv[1])
+    return 0
+
+
+def run_notebook(path: str) -> int:
+    import tempfile
+
+    import nbformat
+
+    print(f"\n== The DAG of notebook {path} (flowbook show {path})\n")
+    subprocess.run([sys.executable, "-m", "flowbook", "show", path], check=True)
+    output = os.path.join(tempfile.mkdtemp(prefix="flowbook-demo-"), os.path.basename(path))
+    print(f"\n== Executing it with papermill (output: {output})\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", "--no-progress-bar", path, output],
+        cwd=os.getcwd(),
+    )
+    if result.returncode != 0:
+        return result.returncode
+    for cell in nbformat.read(output, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        print(f">>> {cell.source.splitlines()[0] if cell.source else ''}")
+        for out in cell.get("outputs", []):
+            text = out.get("text") or out.get("data", {}).get("text/plain", "")
+            if text:
+                print("    " + str(text).rstrip().replace("\n", "\n    "))
+    run = Flow("CounterBranchFlow").latest_run
+    print(f"\n== {run.pathspec} (from the notebook's %flow run): successful={run.successful}")
+    print(f"run.data.count = {run.data.count}, run.data.creature = {run.data.creature!r}")
     return 0
 
 
