@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ def system_tags(user: str) -> list[str]:
     return [
         f"user:{user}",
         "runtime:dev",
-        f"python_version:{platform.python_version()}",
+        f"python_version:{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
         f"date:{time.strftime('%Y-%m-%d')}",
     ]
 
