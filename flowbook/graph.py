@@ -394,7 +394,7 @@ def _read_transitions(
             else:
                 raise GraphError(
                     f"Flow {flow_name}: {where} calls self.next with "
-                    f"'{ast.unparse(arg)}'; pass steps as self.<step_name>."
+                    f"{ast.unparse(arg)}; pass steps as self.<step_name>."
                 )
         foreach = None
         for keyword in sub.keywords:

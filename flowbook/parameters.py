@@ -215,6 +215,27 @@ def _user_name() -> str:
     return "unknown"
 
 
+#: Names the command line uses itself: a parameter may not take them.
+RESERVED_PARAMETER_NAMES = frozenset(
+    {
+        "tag",
+        "tags",
+        "max-workers",
+        "max-num-splits",
+        "with",
+        "namespace",
+        "run-id",
+        "run-id-file",
+        "origin-run-id",
+        "params",
+        "datastore",
+        "quiet",
+        "help",
+        "pylint",
+    }
+)
+
+
 def flow_parameters(flow_cls: type) -> dict[str, Parameter]:
     """The class's parameters by attribute name, in definition order (bases first)."""
     found: dict[str, Parameter] = {}
@@ -224,6 +245,12 @@ def flow_parameters(flow_cls: type) -> dict[str, Parameter]:
                 found[attr_name] = value
     names: dict[str, str] = {}
     for attr_name, param in found.items():
+        if param.name.replace("_", "-") in RESERVED_PARAMETER_NAMES:
+            raise ParameterError(
+                f"Flow {flow_cls.__name__}: parameter name '{param.name}' (attribute "
+                f"'{attr_name}') is reserved for an option of the command line; choose "
+                "another name."
+            )
         if param.name in names:
             raise ParameterError(
                 f"Flow {flow_cls.__name__}: attributes '{names[param.name]}' and "

@@ -183,8 +183,8 @@ def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None 
         cli.main(args=args, prog_name=os.path.basename(sys.argv[0]), standalone_mode=False)
     except FlowbookError as exc:
         fail(str(exc))
-    except click.exceptions.Abort:
-        fail("Aborted.")
+    except click.exceptions.Abort:  # click's form of Ctrl-C
+        fail("Interrupted: the run was stopped.")
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -66,6 +66,11 @@ class TaskContext:
 
     def _missing(self, name: str) -> MissingArtifactError:
         join = self.dropped.get(name)
+        if join == self.step_name:
+            return MissingArtifactError(
+                f"{self._where()}: artifact '{name}' is not carried into this join; read it "
+                f"from an input (inputs[0].{name}) or call self.merge_artifacts(inputs) first."
+            )
         if join is not None:
             return MissingArtifactError(
                 f"{self._where()}: artifact '{name}' is not available after join step "
@@ -218,6 +223,6 @@ class TaskContext:
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
             raise FlowbookError(
                 f"{self._where()}: foreach='{var}' must name a list-like artifact, but "
-                f"'{var}' is a {type_name(value)}: {shown}."
+                f"'{var}' is of type {type_name(value)}: {shown}."
             )
         return len(value)

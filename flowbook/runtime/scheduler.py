@@ -193,8 +193,8 @@ class Scheduler:
 
     def _tail_logs(self, only: RunningTask | None = None, final: bool = False) -> None:
         for task in [only] if only else list(self.running.values()):
-            if task.tails is None:
-                continue
+            if task.tails is None or task.pid is None:
+                continue  # not until its "started" event: every line names the pid
             out, err = task.tails
             for line in out.read_lines(final):
                 self.console.task_line(task.prefix, line)

@@ -1,0 +1,200 @@
+"""Shared fixtures: run real flows as real subprocesses against a datastore in tmp_path.
+
+``run_flow(source, *args)`` writes a flow's source (a string, or the name of a file
+in ``tests/flows/``) into a temporary directory and runs ``python flow.py *args``
+there, with ``FLOWBOOK_DATASTORE`` pointing into that directory and ``USER`` set, so
+that nothing a test does leaks into another test or into the developer's home.
+``client`` points :mod:`flowbook.client` at the same datastore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+FLOWS_DIR = Path(__file__).parent / "flows"
+EXAMPLES_DIR = Path(__file__).parent.parent / "flowbook" / "examples"
+TEST_USER = "tester"
+TRACEBACK = "Traceback (most recent call last)"
+#: A console line of a task: time, [run_id/step/task_id (pid N)], text.
+TASK_LINE = re.compile(
+    r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) "
+    r"\[(?P<run_id>\d+)/(?P<step>\w+)/(?P<task_id>\d+) \(pid (?P<pid>\d+)\)\] (?P<text>.*)$"
+)
+
+
+def flow_source(name: str) -> str:
+    """The source of a reusable flow file in tests/flows/ (name without .py)."""
+    return (FLOWS_DIR / f"{name}.py").read_text()
+
+
+def example_source(name: str) -> str:
+    """The source of a seed flow in flowbook/examples/ (name without .py)."""
+    return (EXAMPLES_DIR / f"{name}.py").read_text()
+
+
+@dataclass
+class FlowResult:
+    """What one ``python flow.py ...`` printed, and how it exited."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    pid: int
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __repr__(self) -> str:  # shown by pytest when an assertion fails
+        return (
+            f"FlowResult({self.args!r}, returncode={self.returncode})\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id the console announced, if a run started."""
+        match = re.search(r"run-id (\d+)", self.stdout)
+        return match.group(1) if match else None
+
+    def task_lines(self) -> list[re.Match]:
+        return [m for m in map(TASK_LINE.match, self.output.splitlines()) if m]
+
+
+class FlowRunner:
+    """Writes flow files into one directory and runs them there."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.datastore = workdir / ".flowbook"
+        self.env = dict(os.environ)
+        for key in list(self.env):
+            if key.startswith(("FLOWBOOK_", "METAFLOW_")):
+                del self.env[key]
+        self.env.update(
+            {
+                "FLOWBOOK_DATASTORE": str(self.datastore),
+                "USER": TEST_USER,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.env.pop("USERNAME", None)
+
+    def write(self, source: str, filename: str = "flow.py") -> Path:
+        if "\n" not in source and (FLOWS_DIR / f"{source}.py").exists():
+            source = flow_source(source)
+        path = self.workdir / filename
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    def __call__(
+        self,
+        source: str | None,
+        *args: str,
+        filename: str = "flow.py",
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+    ) -> FlowResult:
+        """Run ``python <filename> *args``; ``source`` None reuses the file written before."""
+        path = self.workdir / filename if source is None else self.write(source, filename)
+        full_env = dict(self.env)
+        full_env.update(env or {})
+        command = [sys.executable, str(path), *args]
+        proc = subprocess.Popen(
+            command,
+            cwd=self.workdir,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+            raise AssertionError(f"{command} timed out\n{stdout}\n{stderr}") from None
+        return FlowResult(list(args), proc.returncode, stdout, stderr, proc.pid)
+
+
+@pytest.fixture
+def run_flow(tmp_path: Path) -> FlowRunner:
+    """``run_flow(source, 'run', '--x', '1')`` -> FlowResult; datastore in tmp_path."""
+    return FlowRunner(tmp_path)
+
+
+@contextlib.contextmanager
+def client_for(runner: FlowRunner, monkeypatch: pytest.MonkeyPatch):
+    """flowbook.client pointed at ``runner``'s datastore, namespace(None); reset after."""
+    import flowbook.client as fb_client
+
+    monkeypatch.setenv("USER", TEST_USER)
+    for var in ("FLOWBOOK_USER", "METAFLOW_USER", "FLOWBOOK_DATASTORE"):
+        monkeypatch.delenv(var, raising=False)
+    fb_client.datastore(str(runner.datastore))
+    fb_client.namespace(None)
+    try:
+        yield fb_client
+    finally:
+        fb_client.datastore(None)
+        fb_client.default_namespace()
+
+
+@pytest.fixture
+def client(run_flow: FlowRunner, monkeypatch: pytest.MonkeyPatch):
+    """flowbook.client pointed at run_flow's datastore, namespace(None); reset after."""
+    with client_for(run_flow, monkeypatch) as fb_client:
+        yield fb_client
+
+
+# ---------------------------------------------------------------------- assertions
+def assert_refused(result: FlowResult, *needles: str, code: int | None = None) -> None:
+    """A user error: non-zero exit, every needle in the output, no traceback at all."""
+    assert result.returncode != 0, result
+    if code is not None:
+        assert result.returncode == code, result
+    for needle in needles:
+        assert needle in result.output, (needle, result)
+    assert TRACEBACK not in result.output, result
+
+
+def assert_no_internal_frames(result: FlowResult) -> None:
+    """A traceback may show the user's own frames, never flowbook's."""
+    internal = [
+        line
+        for line in result.output.splitlines()
+        if re.search(r'File ".*[/\\]flowbook[/\\](?!examples)[^"]*\.py"', line)
+    ]
+    assert not internal, (internal, result)
+
+
+def assert_task_failed(result: FlowResult, step: str, *needles: str) -> None:
+    """A run failed in ``step``: non-zero exit, the step and needles named, no flowbook frames."""
+    assert result.returncode != 0, result
+    assert f"step '{step}'" in result.output, result
+    for needle in needles:
+        assert needle in result.output, (needle, result)
+    assert_no_internal_frames(result)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals that contain one point in time."""
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        key=lambda e: (e[0], e[1]),  # an end before a start at the same instant
+    )
+    best = current = 0
+    for _, delta in events:
+        current += delta
+        best = max(best, current)
+    return best

@@ -1,0 +1,250 @@
+"""The datastore: content-addressed blobs, unpicklable artifacts, `dump`, bad datastores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import assert_refused
+
+
+def _blob_files(datastore: Path) -> dict[str, Path]:
+    root = datastore / "blobs"
+    return {p.name: p for p in root.glob("*/*") if p.is_file()}
+
+
+def test_equal_values_share_one_blob(run_flow, client, tmp_path):
+    result = run_flow("dedup", "run")
+    assert result.returncode == 0, result
+    run = client.Flow("DedupFlow").latest_run
+    a = run["a"].task["payload"]
+    b = run["b"].task["payload"]
+    assert a.data == b.data
+    assert a.sha == b.sha
+    assert run["a"].task["own"].sha != run["b"].task["own"].sha
+    blobs = _blob_files(tmp_path / ".flowbook")
+    assert a.sha in blobs
+    assert blobs[a.sha].parent.name == a.sha[:2]
+    # every artifact of every task points at a blob; no blob is stored twice
+    shas = {artifact.sha for step in run for task in step for artifact in task}
+    assert shas <= set(blobs)
+    assert len(blobs) == len(shas)
+    # an artifact passed on unchanged is not stored again
+    assert run["join"].task["payload"].sha == a.sha
+    assert run["end"].task["payload"].sha == a.sha
+
+    # atomic writes leave no temporary file behind
+    assert list((tmp_path / ".flowbook" / "tmp").iterdir()) == []
+
+    # a second run of the same flow adds no blob for values already stored
+    again = run_flow(None, "run")
+    assert again.returncode == 0, again
+    assert set(_blob_files(tmp_path / ".flowbook")) == set(blobs)
+
+
+UNPICKLABLE = """
+import threading
+
+from flowbook import FlowSpec, step
+
+
+class UnpicklableFlow(FlowSpec):
+    @step
+    def start(self):
+        self.fine = 1
+        self.next(self.bad)
+
+    @step
+    def bad(self):
+        self.ok = "stored"
+        self.{name} = {value}
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    UnpicklableFlow()
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "type_name"),
+    [
+        ("gen", "(i for i in range(3))", "generator"),
+        ("mutex", "threading.Lock()", "lock"),
+    ],
+)
+def test_unpicklable_artifact_fails_naming_it_and_its_type(
+    run_flow, client, name, value, type_name
+):
+    source = UNPICKLABLE.replace("{name}", name).replace("{value}", value)
+    result = run_flow(source, "run")
+    assert_refused(result, "'bad'", f"'{name}'", type_name)
+    run = client.Flow("UnpicklableFlow").latest_run
+    assert not run.successful
+    bad = run["bad"].task
+    assert not bad.successful
+    assert f"'{name}'" in bad.exception
+    assert name not in bad  # a failed task publishes no artifacts
+    assert "end" not in run
+
+
+def test_task_killed_leaves_no_artifacts_and_fails_the_run(run_flow, client):
+    source = """
+import os
+import signal
+
+from flowbook import FlowSpec, step
+
+
+class KilledFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.victim)
+
+    @step
+    def victim(self):
+        self.partial = "never stored"
+        os.kill(os.getpid(), signal.SIGKILL)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    KilledFlow()
+"""
+    result = run_flow(source, "run")
+    assert_refused(result, "'victim'", "SIGKILL")
+    run = client.Flow("KilledFlow").latest_run
+    assert run.finished and not run.successful
+    victim = run["victim"].task
+    assert not victim.successful
+    assert "partial" not in victim
+
+
+# ---------------------------------------------------------------------- dump
+@pytest.fixture
+def dedup_run(run_flow, client):
+    result = run_flow("dedup", "run")
+    assert result.returncode == 0, result
+    return result, client.Flow("DedupFlow").latest_run
+
+
+def _dump_lines(text: str) -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("  "):
+            name, kind, value = line.split(None, 2)
+            rows[name] = (kind, value)
+    return rows
+
+
+def test_dump_prints_names_types_and_short_values(run_flow, dedup_run):
+    result, run = dedup_run
+    join = run["join"].task
+    dump = run_flow(None, "dump", f"{result.run_id}/join/{join.id}")
+    assert dump.returncode == 0, dump
+    assert join.pathspec in dump.stdout
+    rows = _dump_lines(dump.stdout)
+    assert set(rows) == {"payload", "long_text", "small", "pair"}
+    assert rows["small"] == ("int", "3")
+    assert rows["pair"] == ("tuple", "(1, 'two')")
+    assert rows["long_text"][0] == "str"
+    assert rows["long_text"][1].startswith("'xxxx")
+    assert len(rows["long_text"][1]) < 200  # shortened
+    assert rows["payload"][0] == "dict"
+    assert len(rows["payload"][1]) < 200
+
+
+def test_dump_of_a_step_prints_each_task(run_flow, dedup_run):
+    result, run = dedup_run
+    dump = run_flow(None, "dump", f"{result.run_id}/a")
+    assert dump.returncode == 0, dump
+    rows = _dump_lines(dump.stdout)
+    assert rows["own"] == ("str", "'a'")
+    assert run["a"].task.pathspec in dump.stdout
+
+
+def test_corrupt_blob_is_detected(run_flow, dedup_run, client, tmp_path):
+    result, run = dedup_run
+    artifact = run["join"].task["small"]
+    path = _blob_files(tmp_path / ".flowbook")[artifact.sha]
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="corrupt") as info:
+        run["join"].task["small"].data  # noqa: B018
+    assert "'small'" in str(info.value)
+    dump = run_flow(None, "dump", f"{result.run_id}/join")
+    assert_refused(dump, "'small'", "corrupt")
+
+
+# ---------------------------------------------------------------------- locations
+def test_datastore_option_and_environment(run_flow, client, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    result = run_flow("dedup", "--datastore", str(elsewhere), "run")
+    assert result.returncode == 0, result
+    assert (elsewhere / "flows" / "DedupFlow" / result.run_id / "run.json").is_file()
+    assert not (tmp_path / ".flowbook" / "flows").exists()
+
+
+def test_default_datastore_is_dot_flowbook_in_the_working_directory(run_flow, tmp_path):
+    run_flow.env.pop("FLOWBOOK_DATASTORE")
+    result = run_flow("dedup", "run")
+    assert result.returncode == 0, result
+    assert (tmp_path / ".flowbook" / "flows" / "DedupFlow" / result.run_id).is_dir()
+
+
+def test_missing_datastore_parent_is_refused(run_flow, tmp_path):
+    missing = tmp_path / "no" / "such" / "place"
+    result = run_flow("dedup", "run", env={"FLOWBOOK_DATASTORE": str(missing)})
+    assert_refused(result, str(missing))
+    assert not missing.exists()
+
+
+MUTATE = """
+from flowbook import FlowSpec, step
+
+
+class MutateFlow(FlowSpec):
+    @step
+    def start(self):
+        self.numbers = [1]
+        self.untouched = {"k": "v"}
+        self.next(self.grow)
+
+    @step
+    def grow(self):
+        self.numbers.append(2)  # changed in place, never reassigned
+        print(self.untouched)  # read, not changed
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    MutateFlow()
+"""
+
+
+def test_in_place_change_is_a_new_version_and_old_ones_stay(run_flow, client):
+    result = run_flow(MUTATE, "run")
+    assert result.returncode == 0, result
+    run = client.Flow("MutateFlow").latest_run
+    start, grow, end = (run[s].task for s in ("start", "grow", "end"))
+    assert start.data.numbers == [1]
+    assert grow.data.numbers == [1, 2]
+    assert end.data.numbers == [1, 2]
+    assert start["numbers"].sha != grow["numbers"].sha
+    # an artifact read but not changed keeps its blob
+    assert start["untouched"].sha == grow["untouched"].sha == end["untouched"].sha
