@@ -1,0 +1,107 @@
+"""The datastore on S3: an S3 API served by moto on 127.0.0.1, reached through fsspec (s3fs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import example_source
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env():
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = dict(
+        os.environ,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+        USER="tester",
+    )
+    try:
+        deadline = time.time() + 20
+        while True:
+            if server.poll() is not None:
+                pytest.fail("moto's S3 server exited at start")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("moto's S3 server did not start")
+                time.sleep(0.1)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import boto3; boto3.client('s3').create_bucket(Bucket='flowbook-test')",
+            ],
+            env=env,
+            check=True,
+        )
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
+    flow = tmp_path / "foreach.py"
+    flow.write_text(example_source("foreach"))
+    env = dict(s3_env, FLOWBOOK_DATASTORE="s3://flowbook-test/ds")
+    run = subprocess.run(
+        [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "mouse won!" in run.stdout
+    assert not (tmp_path / ".flowbook").exists()  # nothing went to the local default
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from flowbook import Flow, namespace\n"
+            "namespace(None)\n"
+            "run = Flow('ForeachFlow').latest_run\n"
+            "print(run.successful, run.data.best)\n"
+            "print(sorted(t.data.score for t in run['analyze_creatures']))\n"
+            "print(sorted(t.stdout.strip() for t in run['analyze_creatures']))\n",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert read.returncode == 0, read.stderr
+    lines = read.stdout.splitlines()
+    assert lines[0] == "True mouse"
+    assert lines[1] == "[3, 4, 5]"
+    assert lines[2] == "['Analyzing bird', 'Analyzing dog', 'Analyzing mouse']"
+
+
+def test_a_missing_bucket_is_one_line_before_anything_runs(s3_env, tmp_path):
+    flow = tmp_path / "hello.py"
+    flow.write_text(example_source("helloworld"))
+    env = dict(s3_env, FLOWBOOK_DATASTORE="s3://no-such-bucket-here/ds")
+    run = subprocess.run(
+        [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    assert "s3://no-such-bucket-here/ds" in run.stderr
+    assert "Workflow starting" not in run.stdout
