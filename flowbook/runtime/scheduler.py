@@ -192,15 +192,19 @@ class Scheduler:
             self._finish(task, event[3])
 
     def _tail_logs(self, only: RunningTask | None = None, final: bool = False) -> None:
+        printed = False
         for task in [only] if only else list(self.running.values()):
             if task.tails is None or task.pid is None:
                 continue  # not until its "started" event: every line names the pid
             out, err = task.tails
             for line in out.read_lines(final):
                 self.console.task_line(task.prefix, line)
+                printed = True
             for line in err.read_lines(final):
                 self.console.task_line(task.prefix, line, stderr=True)
-        self.console.flush()
+                printed = True
+        if printed:
+            self.console.flush()
 
     # ------------------------------------------------------------ launching
     def _new_task_id(self) -> str:
