@@ -163,12 +163,13 @@ class FlowbookMagics(Magics):
                 tags=args.tag,
                 **given,
             )
+            run, status, stderr = running.run, running.status, running.stderr
         finally:
-            runner.runner.cleanup()
-        if running.status != "successful":
-            raise FlowbookError(f"Flow {name} failed:\n{running.stderr.strip()[-2000:]}")
-        print(f"✓ run {running.run.pathspec} finished")
-        return running.run
+            runner.cleanup()
+        if status != "successful":
+            raise FlowbookError(f"Flow {name} failed:\n{stderr.strip()[-2000:]}")
+        print(f"✓ run {run.pathspec} finished")
+        return run
 
     def _flow_show(self, rest: list[str]) -> None:
         graph = self.session.partial_graph()
