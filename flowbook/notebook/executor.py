@@ -14,14 +14,13 @@ from typing import Any
 
 from ..runtime.server import DEFINITIONS, TaskServerClient
 from ..runtime.task import execute_task
+from .builder import register_source  # imported here, in the server, not in every task
 
 
 def run_defined_task(payload: tuple) -> int:
     """Server-side handler: ``payload`` is (definition name, TaskSpec)."""
     name, spec = payload
     flow_cls, graph, sources = DEFINITIONS[name]
-    from .builder import register_source
-
     for filename, text in sources.items():
         register_source(filename, text)
     return execute_task(spec, flow_cls, graph)
