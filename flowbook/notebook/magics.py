@@ -24,7 +24,7 @@ FLOW_HELP = """\
 %flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T] [--quiet]
 %flow run MyFlow [--name value ...]   run a FlowSpec class defined in this notebook
 %flow resume [STEP] [--origin-run-id ID]
-%flow show | status | name NAME
+%flow show | status | name NAME | ui [RUN]
 %flow logs PATHSPEC [--stderr]
 %flow export --to flow|metaflow PATH
 """
@@ -112,14 +112,53 @@ class FlowbookMagics(Magics):
         if flow_class:
             return self._run_class(flow_class, given, args)
         console = NotebookConsole(quiet=args.quiet)
-        outcome = self.session.run_flow(
+        run = lambda: self.session.run_flow(  # noqa: E731
             given,
             console,
             max_workers=args.max_workers,
             max_num_splits=args.max_num_splits,
             tags=args.tag,
         )
-        return self._finish(outcome)
+        if args.quiet:
+            return self._finish(run())
+        panel = self._live_panel(self.session.full_graph())
+        return self._finish(self._with_panel(panel, run))
+
+    def _live_panel(self, graph: Any):
+        from IPython.display import display
+
+        from ..widgets import FlowPanel, RunState
+
+        panel = FlowPanel(
+            graph,
+            RunState([node.name for node in graph]),
+            self.session.datastore,
+            on_resume=lambda step, origin: self._with_panel(
+                panel,
+                lambda: self.session.run_flow(
+                    {},
+                    NotebookConsole(quiet=True),
+                    resume=True,
+                    origin_run_id=origin,
+                    resume_step=step,
+                ),
+            ),
+        )
+        panel.display_handle = display(panel, display_id=True)
+        return panel
+
+    def _with_panel(self, panel: Any, run: Any) -> Any:
+        """Run with ``panel`` following the scheduler's events; attach the outcome to it."""
+        self.session.listeners.append(panel.on_event)
+        try:
+            outcome = run()
+        finally:
+            self.session.listeners.remove(panel.on_event)
+        panel.attach_run(outcome.pathspec, outcome.successful)
+        handle = getattr(panel, "display_handle", None)
+        if handle is not None:  # refresh the text form that front-end-less readers see
+            handle.update(panel)
+        return outcome
 
     def _flow_resume(self, rest: list[str]) -> Any:
         parser = self._run_parser("resume")
@@ -170,6 +209,42 @@ class FlowbookMagics(Magics):
             raise FlowbookError(f"Flow {name} failed:\n{stderr.strip()[-2000:]}")
         print(f"✓ run {run.pathspec} finished")
         return run
+
+    def _flow_ui(self, rest: list[str]) -> Any:
+        """%flow ui [RUN]: the panel of a run (default: this notebook's latest run)."""
+        from IPython.display import display
+
+        from ..client import Flow, Run
+        from ..widgets import panel_for_run
+
+        datastore = self.session.datastore
+        if rest:
+            pathspec = rest[0] if "/" in rest[0] else f"{self.session.flow_name}/{rest[0]}"
+            run = Run(pathspec, _datastore_obj=datastore, _any_namespace=True)
+        elif self.session.last_run_pathspec:
+            run = Run(self.session.last_run_pathspec, _datastore_obj=datastore, _any_namespace=True)
+        else:
+            run = Flow(self.session.flow_name, _datastore_obj=datastore).latest_run
+            if run is None:
+                raise FlowbookError(f"Flow {self.session.flow_name} has no run to show yet.")
+        panel = None
+
+        def resume(step: str | None, origin: str | None) -> Any:
+            return self._with_panel(
+                panel,
+                lambda: self.session.run_flow(
+                    {},
+                    NotebookConsole(quiet=True),
+                    resume=True,
+                    origin_run_id=origin,
+                    resume_step=step,
+                ),
+            )
+
+        own_flow = run.flow_name == self.session.flow_name and bool(self.session.steps)
+        panel = panel_for_run(run, on_resume=resume if own_flow else None)
+        display(panel)
+        return None
 
     def _flow_show(self, rest: list[str]) -> None:
         graph = self.session.partial_graph()

@@ -123,7 +123,9 @@ class Scheduler:
                 self._schedule_successors(record)
         else:
             self._to_child("start", None, [])
-        self.on_event("run_seeded", {"queued": len(self.queue)})
+        self.on_event(
+            "run_seeded", {"queued": len(self.queue), "pathspec": f"{self.flow}/{self.run_id}"}
+        )
         try:
             self._loop()
         except KeyboardInterrupt:

@@ -1,0 +1,57 @@
+"""Widgets: the flow panel (DAG, run status, artifacts, logs, resume) for notebooks.
+
+``ui(target)`` opens a panel for a flow name, a pathspec, a Client ``Run`` or
+``Flow``; the notebook magics drive live panels while ``%flow run`` executes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .panel import FlowPanel
+from .state import RunState
+
+__all__ = ["FlowPanel", "RunState", "ui", "panel_for_run", "graph_of_run"]
+
+
+def graph_of_run(run: Any):
+    """The FlowGraph recorded with a run (partial: its steps and transitions)."""
+    from ..graph import FlowGraph, StepNode
+
+    steps = run._record.get("graph", {}).get("steps", [])
+    nodes = [
+        StepNode(
+            name=s["name"],
+            out_funcs=list(s.get("next", [])),
+            foreach=s.get("foreach"),
+            is_join=bool(s.get("join")),
+            doc=s.get("doc", ""),
+            lineno=index,
+        )
+        for index, s in enumerate(steps)
+    ]
+    return FlowGraph(run.flow_name, nodes, partial=True)
+
+
+def panel_for_run(run: Any, on_resume: Any = None) -> FlowPanel:
+    return FlowPanel(graph_of_run(run), RunState.from_run(run), run._ds, on_resume=on_resume)
+
+
+def ui(target: Any = None, *, datastore: str | None = None) -> FlowPanel:
+    """A panel for a flow name (its latest run), a ``Flow/run_id`` pathspec, a Run or a Flow."""
+    from .. import client
+    from ..exceptions import ClientError
+
+    ds = client.Datastore(datastore) if datastore else client._datastore()
+    if isinstance(target, client.Flow):
+        target = target.latest_run
+    elif isinstance(target, str):
+        if "/" in target:
+            target = client.Run(target, _datastore_obj=ds, _any_namespace=True)
+        else:
+            target = client.Flow(target, _datastore_obj=ds).latest_run
+    if not isinstance(target, client.Run):
+        raise ClientError(
+            f"ui() takes a flow name, a run pathspec, a Run or a Flow, not {target!r}."
+        )
+    return panel_for_run(target)

@@ -1,0 +1,152 @@
+"""The state a run view shows, as plain data: which step is running, done, failed, stale.
+
+Fed either by the scheduler's events while a run executes (:meth:`RunState.apply`)
+or by a finished run's records (:meth:`RunState.from_run`). The widgets only render
+it; tests check it without a browser.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+NOT_RUN, RUNNING, DONE, FAILED, STALE = "not-run", "running", "done", "failed", "stale"
+STATES = (NOT_RUN, RUNNING, DONE, FAILED, STALE)
+
+
+@dataclass
+class TaskState:
+    task_id: str
+    state: str = RUNNING
+    attempts: int = 1
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.finished or time.time()) - self.started
+
+
+@dataclass
+class StepState:
+    name: str
+    tasks: dict[str, TaskState] = field(default_factory=dict)
+    stale: bool = False
+    expected: int | None = None  # tasks a foreach will have, when known
+
+    @property
+    def state(self) -> str:
+        states = [t.state for t in self.tasks.values()]
+        if not states:
+            return STALE if self.stale else NOT_RUN
+        if FAILED in states and RUNNING not in states:
+            return FAILED
+        if RUNNING in states:
+            return RUNNING
+        if self.expected and len(states) < self.expected:
+            return RUNNING
+        return STALE if self.stale else DONE
+
+    @property
+    def done(self) -> int:
+        return sum(1 for t in self.tasks.values() if t.state == DONE)
+
+    @property
+    def total(self) -> int:
+        return max(self.expected or 0, len(self.tasks))
+
+    @property
+    def attempts(self) -> int:
+        return max((t.attempts for t in self.tasks.values()), default=0)
+
+    @property
+    def duration(self) -> float | None:
+        starts = [t.started for t in self.tasks.values() if t.started]
+        if not starts:
+            return None
+        ends = [t.finished or time.time() for t in self.tasks.values()]
+        return max(ends) - min(starts)
+
+
+class RunState:
+    """Per-step states of one run (or of a notebook's interactive session)."""
+
+    def __init__(self, steps: list[str], pathspec: str | None = None) -> None:
+        self.steps = {name: StepState(name) for name in steps}
+        self.pathspec = pathspec
+        self.finished = False
+        self.successful: bool | None = None
+
+    def step(self, name: str) -> StepState:
+        return self.steps.setdefault(name, StepState(name))
+
+    # ------------------------------------------------------------ live events
+    def apply(self, kind: str, info: dict[str, Any]) -> None:
+        """Take one scheduler event (task_started, task_finished, task_failed, ...)."""
+        step_name, task_id = info.get("step"), info.get("task_id")
+        if step_name is None or task_id is None:
+            return
+        step = self.step(step_name)
+        task = step.tasks.get(task_id)
+        now = time.time()
+        if kind == "task_started":
+            if task is None:
+                step.tasks[task_id] = TaskState(task_id, RUNNING, 1, now)
+            else:  # a retry of the same task
+                task.state, task.attempts, task.finished = RUNNING, task.attempts + 1, None
+            step.stale = False
+        elif kind in ("task_finished", "task_cloned"):
+            task = step.tasks.setdefault(task_id, TaskState(task_id, started=now))
+            task.state, task.finished = DONE, now
+            step.stale = False
+        elif kind == "task_failed" and task is not None:
+            task.state, task.finished = FAILED, now
+
+    def mark_stale(self, names: set[str]) -> None:
+        for name, step in self.steps.items():
+            step.stale = name in names
+
+    def finish(self, successful: bool) -> None:
+        self.finished, self.successful = True, successful
+
+    # ------------------------------------------------------------ from records
+    @classmethod
+    def from_run(cls, run: Any) -> RunState:
+        """The state of a Client ``Run`` as its records tell it."""
+        graph = run._record.get("graph", {})
+        state = cls([s["name"] for s in graph.get("steps", [])], run.pathspec)
+        for step in run:
+            for task in step:
+                record = task._record
+                status = record.get("status")
+                state.step(step.id).tasks[task.id] = TaskState(
+                    task.id,
+                    {"successful": DONE, "failed": FAILED}.get(status, RUNNING),
+                    task.current_attempt + 1,
+                    record.get("started_at"),
+                    record.get("finished_at"),
+                )
+        state.finished = run.finished
+        state.successful = run.successful if run.finished else None
+        return state
+
+    # ------------------------------------------------------------ reading
+    def failed_steps(self) -> list[str]:
+        return [name for name, step in self.steps.items() if step.state == FAILED]
+
+    def summary(self) -> str:
+        """Readable text: one line per step (what a front-end-less notebook shows)."""
+        lines = [f"{self.pathspec or 'flow'}: " + _outcome(self)]
+        for name, step in self.steps.items():
+            extra = f" {step.done}/{step.total}" if step.total > 1 else ""
+            lines.append(f"  {name:<20} {step.state}{extra}")
+        return "\n".join(lines)
+
+
+def _outcome(state: RunState) -> str:
+    if not state.finished:
+        return "running" if any(s.tasks for s in state.steps.values()) else "not started"
+    return "successful" if state.successful else "failed"
