@@ -31,6 +31,7 @@ _EXPORTS = {
     "Runner": "flowbook.runner",
     "NBRunner": "flowbook.runner",
     "ExecutingRun": "flowbook.runner",
+    "ui": "flowbook.widgets",
     "FlowbookError": "flowbook.exceptions",
     "StepException": "flowbook.exceptions",
     "retry": "flowbook.decorators",
