@@ -109,6 +109,17 @@ KERNEL_CELLS = [
     "%flow run CellFlow",  # 23
     "%unload_ext flowbook\n'flow' in globals(), 'step' in get_ipython().magics_manager.magics['cell']",
 ]
+RESUME_CELLS = [
+    "%load_ext flowbook\n%flow name ResumeMagicFlow\nimport os",
+    "%%step start --next end\nself.a = 1",
+    "%%step end\nimport os\nif os.path.exists('broken'):\n    raise ValueError('broken end')\n"
+    "self.b = self.a + 1",
+    "open('broken', 'w').close()",
+    "%flow run --quiet",
+    "os.remove('broken')\n%flow resume --quiet",
+    "flow.last_run.data.b, flow.last_run.origin_run_id is not None, "
+    "flow.last_run['start'].task.origin_pathspec is not None",
+]
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +233,37 @@ def test_flow_run_of_a_flowspec_class_defined_in_a_cell(kernel_notebook):
 def test_unload_removes_the_magics_and_the_flow_object(kernel_notebook):
     cells, _, _ = kernel_notebook
     assert _text(cells[24]).strip() == "(False, False)"
+
+
+def test_flow_resume_magic_finishes_a_failed_run(tmp_path, monkeypatch):
+    nb = _notebook(RESUME_CELLS)
+    _execute(nb, tmp_path, tmp_path / ".flowbook", monkeypatch)
+    failed = _errors(nb.cells[4])
+    assert failed and "%flow resume --origin-run-id" in failed[0].evalue
+    assert not _errors(nb.cells[5]), _text(nb.cells[5])
+    assert _text(nb.cells[6]).strip() == "(2, True, True)"
+
+
+def test_step_options_become_decorators_headless_and_in_exports(tmp_path, client_at):
+    cells = [
+        "%%step start --next end --retry 1 --catch oops --timeout 30 "
+        "--resources cpu=2,memory=4000\nraise KeyError('always')",
+        "%%step end\nself.caught = self.oops.type",
+    ]
+    path = _write(_notebook(cells, name="OptionsFlow"), tmp_path / "options.ipynb")
+    datastore = tmp_path / ".flowbook"
+    run = _flowbook("run", str(path), cwd=tmp_path, datastore=datastore)
+    assert run.returncode == 0, run.stderr
+    assert "Retrying: attempt 2 of 2" in run.stdout
+    result = client_at(datastore).Flow("OptionsFlow").latest_run
+    assert result.data.caught == "KeyError"
+    export = _flowbook("export", str(path), "-o", "opts.py", cwd=tmp_path, datastore=datastore)
+    assert export.returncode == 0, export.stderr
+    text = (tmp_path / "opts.py").read_text()
+    assert "@retry(times=1, minutes_between_retries=0)" in text
+    assert "@catch(var='oops', print_exception=True)" in text
+    assert "@timeout(seconds=30.0)" in text
+    assert "@resources(cpu=2, memory=4000)" in text
 
 
 # ---------------------------------------------------------------------- headless
