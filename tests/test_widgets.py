@@ -236,3 +236,18 @@ def test_flowbook_ui_for_a_flow_run_from_the_command_line(run_flow, client):
     assert out.returncode == 0, out.stderr
     assert "successful" in out.stdout.splitlines()[0]
     assert "join                 done" in out.stdout
+
+
+def test_flow_and_run_pickers_switch_the_panel_to_another_run(failed_run, run_flow, client):
+    from flowbook.widgets import panel_for_run
+
+    (run_flow.workdir / "broken").unlink()
+    assert run_flow(None, "run").returncode == 0
+    newest = client.Flow("PanelFlow").latest_run
+    panel = panel_for_run(failed_run)
+    assert panel.flow_picker.value == "PanelFlow"
+    assert list(panel.run_picker.options) == [newest.id, failed_run.id]
+    assert panel.run_picker.value == failed_run.id
+    panel.run_picker.value = newest.id
+    assert panel.state.pathspec == newest.pathspec
+    assert panel.state.successful and "flowbook-state-failed" not in panel.dag.value

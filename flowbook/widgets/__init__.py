@@ -8,29 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .panel import FlowPanel
+from .panel import FlowPanel, graph_of_run
 from .state import RunState
 
 __all__ = ["FlowPanel", "RunState", "ui", "panel_for_run", "graph_of_run"]
-
-
-def graph_of_run(run: Any):
-    """The FlowGraph recorded with a run (partial: its steps and transitions)."""
-    from ..graph import FlowGraph, StepNode
-
-    steps = run._record.get("graph", {}).get("steps", [])
-    nodes = [
-        StepNode(
-            name=s["name"],
-            out_funcs=list(s.get("next", [])),
-            foreach=s.get("foreach"),
-            is_join=bool(s.get("join")),
-            doc=s.get("doc", ""),
-            lineno=index,
-        )
-        for index, s in enumerate(steps)
-    ]
-    return FlowGraph(run.flow_name, nodes, partial=True)
 
 
 def panel_for_run(run: Any, on_resume: Any = None) -> FlowPanel:

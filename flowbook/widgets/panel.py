@@ -23,6 +23,25 @@ from .state import FAILED, RunState
 REFRESH_INTERVAL = 0.2
 
 
+def graph_of_run(run: Any) -> FlowGraph:
+    """The FlowGraph recorded with a run (partial: its steps and transitions)."""
+    from ..graph import StepNode
+
+    steps = run._record.get("graph", {}).get("steps", [])
+    nodes = [
+        StepNode(
+            name=s["name"],
+            out_funcs=list(s.get("next", [])),
+            foreach=s.get("foreach"),
+            is_join=bool(s.get("join")),
+            doc=s.get("doc", ""),
+            lineno=index,
+        )
+        for index, s in enumerate(steps)
+    ]
+    return FlowGraph(run.flow_name, nodes, partial=True)
+
+
 def _set_options(picker: widgets.Dropdown, options: list[str]) -> None:
     """New options for a picker, keeping its value when it is still there."""
     if list(picker.options) == options:
@@ -109,6 +128,8 @@ class FlowPanel(widgets.VBox):
         )
         self.dag.value = dag_html(self.graph, self.state)
         self.status.value = status_html(self.state)
+        if force:
+            self._refresh_runs()
         self._refresh_choices()
         self._refresh_log()
         self._refresh_resume()
@@ -145,7 +166,46 @@ class FlowPanel(widgets.VBox):
         except Exception:
             return None
 
+    def show_run(self, run: Any) -> None:
+        """Show another run (of any flow) in this panel."""
+        self.graph = graph_of_run(run)
+        self.state = RunState.from_run(run)
+        self.datastore = run._ds
+        self.refresh(force=True)
+
+    def _refresh_runs(self) -> None:
+        if self.datastore is None:
+            return
+        current = (self.state.pathspec or f"{self.graph.name}/").split("/")
+        _set_options(self.flow_picker, self.datastore.list_flows())
+        if current[0] in self.flow_picker.options:
+            self.flow_picker.value = current[0]
+        self._on_flow(current[1] or None)
+
+    def _on_flow(self, run_id: str | None = None) -> None:
+        if self.datastore is None or not self.flow_picker.value:
+            return
+        _set_options(self.run_picker, self.datastore.list_runs(self.flow_picker.value)[:100])
+        if run_id in self.run_picker.options:
+            self.run_picker.value = run_id
+
+    def _on_run(self) -> None:
+        from ..client import Run
+
+        flow, run_id = self.flow_picker.value, self.run_picker.value
+        if not (flow and run_id) or self.state.pathspec == f"{flow}/{run_id}":
+            return
+        try:
+            run = Run(f"{flow}/{run_id}", _datastore_obj=self.datastore, _any_namespace=True)
+        except Exception:
+            return
+        self.show_run(run)
+
     def _artifact_browser(self) -> widgets.VBox:
+        self.flow_picker = widgets.Dropdown(description="flow")
+        self.run_picker = widgets.Dropdown(description="run")
+        self.flow_picker.observe(lambda change: self._on_flow() if change["new"] else None, "value")
+        self.run_picker.observe(lambda change: self._on_run() if change["new"] else None, "value")
         self.step_picker = widgets.Dropdown(description="step")
         self.task_picker = widgets.Dropdown(description="task")
         self.artifact_picker = widgets.Dropdown(description="artifact")
@@ -160,6 +220,7 @@ class FlowPanel(widgets.VBox):
         self.load_button.on_click(lambda _: self.load_into_kernel())
         box = widgets.VBox(
             [
+                widgets.HBox([self.flow_picker, self.run_picker]),
                 widgets.HBox([self.step_picker, self.task_picker, self.artifact_picker]),
                 self.preview,
                 widgets.HBox([self.load_name, self.load_button, self.load_message]),
