@@ -191,7 +191,7 @@ def test_flow_run_shows_a_live_panel_in_a_real_kernel(tmp_path, monkeypatch):
         "%%step join --join --next end\nself.total = sum(i.v for i in inputs)",
         "%%step end\npass",
         "%flow run",
-        "%flow ui",
+        "%flow ui last",
         "from flowbook.widgets import ui\npanel = ui('KernelPanelFlow')\n"
         "panel.step_picker.value = 'join'\npanel.artifact_picker.value = 'total'\n"
         "panel.load_name.value = 'my_total'\npanel.load_into_kernel()\nprint(my_total)",
@@ -251,3 +251,30 @@ def test_flow_and_run_pickers_switch_the_panel_to_another_run(failed_run, run_fl
     panel.run_picker.value = newest.id
     assert panel.state.pathspec == newest.pathspec
     assert panel.state.successful and "flowbook-state-failed" not in panel.dag.value
+
+
+def test_flow_ui_follows_the_notebooks_step_cells_live(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWBOOK_DATASTORE", str(tmp_path / ".flowbook"))
+    cells = [
+        "%load_ext flowbook\n%flow name LivePanelFlow",
+        "%%step start --next body --foreach items\nself.items = [1, 2]",
+        "%flow ui",
+        "panel = get_ipython()._flowbook_session.live_panel\n"
+        "print(panel.state.steps['start'].state, 'body' in panel.state.steps)",
+        "%%step body --next end\nself.v = self.input",
+        "print(panel.state.steps['body'].state, panel.state.steps['body'].done,"
+        " 'flowbook-node-body' in panel.dag.value)",
+        "%%step start --next body --foreach items\nself.items = [1, 2, 3]",
+        "print(panel.state.steps['start'].state, panel.state.steps['body'].state)",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    NotebookClient(nb, kernel_name="python3", timeout=120).execute(cwd=str(tmp_path))
+
+    def printed(index: int) -> str:
+        return "".join(o.get("text", "") for o in nb.cells[index].outputs).strip()
+
+    assert any(o.output_type == "display_data" for o in nb.cells[2].outputs)
+    assert printed(3) == "done False"  # a step shows once its cell has run
+    assert printed(5) == "done 2 True"
+    assert printed(7) == "done stale"

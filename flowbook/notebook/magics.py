@@ -24,7 +24,8 @@ FLOW_HELP = """\
 %flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T] [--quiet]
 %flow run MyFlow [--name value ...]   run a FlowSpec class defined in this notebook
 %flow resume [STEP] [--origin-run-id ID]
-%flow show | status | name NAME | ui [RUN]
+%flow show | status | name NAME
+%flow ui [RUN | last]               a live panel of this notebook's cells, or of a run
 %flow logs PATHSPEC [--stderr]
 %flow export --to flow|metaflow PATH
 """
@@ -211,13 +212,18 @@ class FlowbookMagics(Magics):
         return run
 
     def _flow_ui(self, rest: list[str]) -> Any:
-        """%flow ui [RUN]: the panel of a run (default: this notebook's latest run)."""
+        """%flow ui [RUN|last]: a panel that follows this notebook's step cells, or of a run."""
         from IPython.display import display
 
         from ..client import Flow, Run
         from ..widgets import panel_for_run
 
         datastore = self.session.datastore
+        if not rest and self.session.steps:
+            display(self._session_panel())
+            return None
+        if rest == ["last"]:
+            rest = []
         if rest:
             pathspec = rest[0] if "/" in rest[0] else f"{self.session.flow_name}/{rest[0]}"
             run = Run(pathspec, _datastore_obj=datastore, _any_namespace=True)
@@ -245,6 +251,35 @@ class FlowbookMagics(Magics):
         panel = panel_for_run(run, on_resume=resume if own_flow else None)
         display(panel)
         return None
+
+    def _session_panel(self) -> Any:
+        """A panel that follows this notebook's %%step cells as they run."""
+        from ..widgets import FlowPanel, RunState
+
+        session = self.session
+
+        def current_state() -> RunState:
+            graph = session.partial_graph()
+            run = f"{session.flow_name}/{session.run_id}" if session.run_id else None
+            return RunState.from_records(
+                [node.name for node in graph], session.latest, session.stale, run
+            )
+
+        panel = FlowPanel(session.partial_graph(), current_state(), session.datastore)
+
+        def follow(kind: str, info: dict) -> None:
+            if kind == "step_done":
+                panel.graph = session.partial_graph()
+                panel.state = current_state()
+                panel.refresh(force=True)
+            elif session.running_step is not None:  # events of a %%step cell
+                if kind == "run_seeded":  # the step's old tasks make way for the new
+                    panel.state.step(session.running_step).tasks.clear()
+                panel.on_event(kind, info)
+
+        session.listeners.append(follow)
+        session.live_panel = panel
+        return panel
 
     def _flow_show(self, rest: list[str]) -> None:
         graph = self.session.partial_graph()

@@ -38,6 +38,10 @@ class NotebookSession:
         self._executor = None
         self._datastore: Datastore | None = None
         self.listeners: list = []
+        #: The step whose cell is running now (None outside a %%step cell).
+        self.running_step: str | None = None
+        #: The panel `%flow ui` opened last for this notebook's cells (it follows them).
+        self.live_panel: Any = None
 
     # ------------------------------------------------------------ naming, resources
     @property
@@ -167,7 +171,11 @@ class NotebookSession:
             on_event=lambda kind, info: (console.event(kind, info), self._notify(kind, info)),
         )
         scheduler.set_first_task_id(self.last_task_id)
-        ok = scheduler.run(parents)
+        self.running_step = cell.name
+        try:
+            ok = scheduler.run(parents)
+        finally:
+            self.running_step = None
         self.last_task_id = scheduler._last_task_id
         if not ok:
             raise StepFailed(

@@ -133,6 +133,28 @@ class RunState:
         state.successful = run.successful if run.finished else None
         return state
 
+    @classmethod
+    def from_records(
+        cls,
+        steps: list[str],
+        records: dict[str, list[dict]],
+        stale: set[str],
+        pathspec: str | None = None,
+    ) -> RunState:
+        """The state of a notebook's interactive run: the latest tasks of each step."""
+        state = cls(steps, pathspec)
+        for name, step_records in records.items():
+            for record in step_records:
+                state.step(name).tasks[record["task_id"]] = TaskState(
+                    record["task_id"],
+                    DONE if record.get("status") == "successful" else FAILED,
+                    int(record.get("attempt", 0)) + 1,
+                    record.get("started_at"),
+                    record.get("finished_at"),
+                )
+        state.mark_stale(stale)
+        return state
+
     # ------------------------------------------------------------ reading
     def failed_steps(self) -> list[str]:
         return [name for name, step in self.steps.items() if step.state == FAILED]
