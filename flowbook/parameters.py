@@ -260,6 +260,30 @@ def flow_parameters(flow_cls: type) -> dict[str, Parameter]:
     return found
 
 
+def convert_given(
+    flow_name: str, parameters: Mapping[str, Parameter], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Only the values given (by parameter name), converted, by attribute name.
+
+    What a resume checks against the origin run's values: nothing is defaulted.
+    """
+    _refuse_unknown(flow_name, parameters, given)
+    by_name = {param.name: (attr, param) for attr, param in parameters.items()}
+    return {by_name[n][0]: by_name[n][1].convert(v, flow_name) for n, v in given.items()}
+
+
+def _refuse_unknown(
+    flow_name: str, parameters: Mapping[str, Parameter], given: Mapping[str, Any]
+) -> None:
+    known = {param.name for param in parameters.values()}
+    unknown = [name for name in given if name not in known]
+    if unknown:
+        raise ParameterError(
+            f"Flow {flow_name} has no parameter {', '.join(repr(u) for u in unknown)} "
+            f"(its parameters: {', '.join(sorted(known)) or 'none'})."
+        )
+
+
 def resolve_parameters(
     flow_name: str,
     parameters: Mapping[str, Parameter],
@@ -272,14 +296,7 @@ def resolve_parameters(
     IncludeFile parameters are paths. Raises ParameterError naming the parameter.
     """
     environ = os.environ if environ is None else environ
-    by_name = {param.name: attr for attr, param in parameters.items()}
-    unknown = [name for name in given if name not in by_name]
-    if unknown:
-        known = ", ".join(sorted(by_name)) or "none"
-        raise ParameterError(
-            f"Flow {flow_name} has no parameter {', '.join(repr(u) for u in unknown)} "
-            f"(its parameters: {known})."
-        )
+    _refuse_unknown(flow_name, parameters, given)
     values: dict[str, Any] = {}
     for attr_name, param in parameters.items():
         if param.name in given and given[param.name] is not None:

@@ -17,7 +17,7 @@ import click
 from ..decorators import parse_decospec
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
-from ..parameters import flow_parameters, resolve_parameters
+from ..parameters import convert_given, flow_parameters, resolve_parameters
 from . import inspect_cmds
 
 
@@ -80,10 +80,8 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
 
         given = {p.name: kwargs.pop(_option_key(p.name)) for p in parameters.values()}
         given = {name: value for name, value in given.items() if value is not None}
-        if resume:
-            # Only the values given now are checked against the origin run's.
-            by_name = {p.name: (attr, p) for attr, p in parameters.items()}
-            values = {by_name[n][0]: by_name[n][1].convert(v, flow_name) for n, v in given.items()}
+        if resume:  # only the values given now, checked against the origin run's
+            values = convert_given(flow_name, parameters, given)
         else:
             values = resolve_parameters(flow_name, parameters, given)
         outcome = run_flow(

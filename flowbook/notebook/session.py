@@ -252,19 +252,13 @@ class NotebookSession:
         tags: list[str] | None = None,
     ):
         """Run the whole notebook flow as a new run (or resume one); returns the outcome."""
-        from ..parameters import flow_parameters, resolve_parameters
+        from ..parameters import convert_given, flow_parameters, resolve_parameters
         from ..runtime.launch import run_flow
 
         flow_cls, graph = build_flow(self.source(), self._globals())
         parameters = flow_parameters(flow_cls)
-        if resume:
-            by_name = {p.name: (attr, p) for attr, p in parameters.items()}
-            unknown = [n for n in given if n not in by_name]
-            if unknown:
-                resolve_parameters(self.flow_name, parameters, {n: given[n] for n in unknown})
-            values = {
-                by_name[n][0]: by_name[n][1].convert(v, self.flow_name) for n, v in given.items()
-            }
+        if resume:  # only the values given now, checked against the origin run's
+            values = convert_given(self.flow_name, parameters, given)
         else:
             values = resolve_parameters(self.flow_name, parameters, given, environ={})
         executor = self.executor

@@ -27,6 +27,9 @@ from .console import Console, LogTail
 from .resume import ResumePlan
 from .spec import TaskSpec
 
+#: How often (seconds) the scheduler tells its listeners that time has passed.
+TICK_INTERVAL = 0.5
+
 
 @dataclass
 class PendingTask:
@@ -109,6 +112,7 @@ class Scheduler:
         self.failures: list[str] = []
         self.end_succeeded = False
         self._last_task_id = 0
+        self._last_tick = time.monotonic()
 
     # ------------------------------------------------------------ public
     def run(self, parent_records: list[dict] | None = None) -> bool:
@@ -157,6 +161,10 @@ class Scheduler:
                     self._handle_event(event)
             self._enforce_timeouts()
             self._tail_logs()
+            now = time.monotonic()
+            if now - self._last_tick >= TICK_INTERVAL:  # lets views follow long tasks
+                self._last_tick = now
+                self.on_event("tick", {})
 
     def _wait_time(self) -> float:
         wait = 0.05

@@ -98,6 +98,7 @@ class FlowPanel(widgets.VBox):
         self.datastore = datastore
         self.on_resume = on_resume
         self._last_refresh = 0.0
+        self._syncing = False  # True while the pickers follow the shown run
         self.title = widgets.HTML()
         self.dag = widgets.HTML()
         self.dag.add_class("flowbook-dag")
@@ -138,6 +139,9 @@ class FlowPanel(widgets.VBox):
         """A scheduler event: update the state and re-render (at most every 0.2 s)."""
         if kind == "run_seeded" and info.get("pathspec") and not self.state.pathspec:
             self.state.pathspec = info["pathspec"]
+        if kind == "tick":  # time passed: durations grow, logs of running tasks grow
+            self.refresh()
+            return
         self.state.apply(kind, info)
         self.refresh(force=kind == "task_failed")
 
@@ -174,26 +178,33 @@ class FlowPanel(widgets.VBox):
         self.refresh(force=True)
 
     def _refresh_runs(self) -> None:
+        """Point the flow and run pickers at the shown run, without switching runs."""
         if self.datastore is None:
             return
-        current = (self.state.pathspec or f"{self.graph.name}/").split("/")
-        _set_options(self.flow_picker, self.datastore.list_flows())
-        if current[0] in self.flow_picker.options:
-            self.flow_picker.value = current[0]
-        self._on_flow(current[1] or None)
+        flow, _, run_id = (self.state.pathspec or f"{self.graph.name}/").partition("/")
+        self._syncing = True
+        try:
+            flows = self.datastore.list_flows()
+            if list(self.flow_picker.options) != flows:
+                self.flow_picker.options = flows
+            self.flow_picker.value = flow if flow in flows else None
+            runs = self.datastore.list_runs(flow)[:100] if flow in flows else []
+            if list(self.run_picker.options) != runs:
+                self.run_picker.options = runs
+            self.run_picker.value = run_id if run_id in runs else None
+        finally:
+            self._syncing = False
 
-    def _on_flow(self, run_id: str | None = None) -> None:
-        if self.datastore is None or not self.flow_picker.value:
+    def _on_flow(self) -> None:
+        if self._syncing or self.datastore is None or not self.flow_picker.value:
             return
         _set_options(self.run_picker, self.datastore.list_runs(self.flow_picker.value)[:100])
-        if run_id in self.run_picker.options:
-            self.run_picker.value = run_id
 
     def _on_run(self) -> None:
         from ..client import Run
 
         flow, run_id = self.flow_picker.value, self.run_picker.value
-        if not (flow and run_id) or self.state.pathspec == f"{flow}/{run_id}":
+        if self._syncing or not (flow and run_id) or self.state.pathspec == f"{flow}/{run_id}":
             return
         try:
             run = Run(f"{flow}/{run_id}", _datastore_obj=self.datastore, _any_namespace=True)

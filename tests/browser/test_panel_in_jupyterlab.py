@@ -42,11 +42,12 @@ if not os.path.exists(CHROMIUM) or shutil.which("jupyter-lab") is None:
 CELLS = [
     "%load_ext flowbook\n%flow name BrowserFlow",
     "%%step start --next body --foreach items\nself.items = [1, 2, 3]\nprint('starting up')",
-    "%%step body --next join\nimport os\nif self.input == 2 and os.path.exists('broken'):\n"
+    "%%step body --next join\nimport os, time\nif os.path.exists('slow'):\n    time.sleep(3)\n"
+    "if self.input == 2 and os.path.exists('broken'):\n"
     "    raise ValueError('two is broken')\nself.double = self.input * 2",
     "%%step join --join --next end\nself.total = sum(i.double for i in inputs)",
     "%%step end\nprint('total', self.total)",
-    "open('broken', 'w').close()",
+    "open('broken', 'w').close()\nopen('slow', 'w').close()",
     "%flow run",
 ]
 
@@ -137,6 +138,17 @@ def test_panel_shows_a_failed_run_and_resumes_it(lab):
                 timeout=60_000,
             )
             page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # While the run goes: start done, the foreach body running (its tasks sleep).
+            try:
+                page.wait_for_selector("g#flowbook-node-body.flowbook-state-running", timeout=90_000)
+            except Exception:
+                page.screenshot(path=str(SCREENSHOTS / "debug-no-running.png"))
+                raise
+            assert page.query_selector("g#flowbook-node-start.flowbook-state-done")
+            assert page.query_selector("g#flowbook-node-end.flowbook-state-not-run")
+            page.locator(".flowbook-panel").first.scroll_into_view_if_needed()
+            _dismiss_news(page)
+            page.screenshot(path=str(SCREENSHOTS / "0-running.png"))
             # The run fails in one split: the body node turns red.
             failed = page.wait_for_selector(
                 "g#flowbook-node-body.flowbook-state-failed", timeout=90_000
@@ -181,6 +193,7 @@ def test_panel_shows_a_failed_run_and_resumes_it(lab):
 
             # Fix the cause, then Resume from the panel.
             (root / "broken").unlink()
+            (root / "slow").unlink()
             panel.locator(".lm-TabBar-tab, .p-TabBar-tab").nth(2).click()
             resume = panel.locator(".flowbook-resume button", has_text="Resume")
             assert resume.is_enabled()
