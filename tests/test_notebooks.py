@@ -215,6 +215,20 @@ def test_a_parent_that_has_not_run_is_named(tmp_path, monkeypatch):
     assert errors and "needs the results of step 'start'" in errors[0].evalue
 
 
+def test_end_after_an_unjoined_foreach_is_refused(tmp_path, monkeypatch):
+    nb = _notebook(
+        [
+            "%load_ext flowbook",
+            "%%step start --next body --foreach items\nself.items = [1, 2]",
+            "%%step body --next end\nself.v = self.input",
+            "%%step end\npass",
+        ]
+    )
+    _execute(nb, tmp_path, tmp_path / ".flowbook", monkeypatch)
+    errors = _errors(nb.cells[3])
+    assert errors and "has not been joined" in errors[0].evalue and "'start'" in errors[0].evalue
+
+
 def test_export_from_the_kernel_and_logs(kernel_notebook):
     cells, workdir, _ = kernel_notebook
     source = _text(cells[20])

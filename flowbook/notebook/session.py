@@ -209,6 +209,12 @@ class NotebookSession:
                     f"'{parent}', which has not run yet in this session; run its cell first."
                 )
             records.extend(self.latest[parent])
+        if step == "end" and any(r.get("split_stack") for r in records):
+            split = records[0]["split_stack"][-1]["step"]
+            raise FlowbookError(
+                f"Flow {self.flow_name}: step 'end' follows a branch of the split at step "
+                f"'{split}' that has not been joined; add a join step (%%step NAME --join) first."
+            )
         return records
 
     def _interactive_run(self, graph: FlowGraph) -> str:
