@@ -72,7 +72,22 @@ def lab(tmp_path_factory):
     nbformat.write(nb, str(root / "panel.ipynb"))
     port, token = _free_port(), secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))}
-    env.update(HOME=str(scratch), TMPDIR=str(scratch), USER="tester")
+    settings = scratch / "lab-settings" / "@jupyterlab"
+    (settings / "notebook-extension").mkdir(parents=True)
+    (settings / "apputils-extension").mkdir(parents=True)
+    # Render every cell (no windowing), and no news toast over the screenshots.
+    (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none"})
+    )
+    (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
+    env.update(
+        HOME=str(scratch),
+        TMPDIR=str(scratch),
+        USER="tester",
+        JUPYTERLAB_SETTINGS_DIR=str(scratch / "lab-settings"),
+    )
     server = subprocess.Popen(
         [
             sys.executable,
@@ -112,6 +127,17 @@ def lab(tmp_path_factory):
             server.kill()
 
 
+def _wait_in_view(page, selector: str, timeout: float = 90.0) -> None:
+    """Wait for ``selector`` while keeping the notebook's last cell in view."""
+    deadline = time.time() + timeout
+    while not page.query_selector(selector):
+        if time.time() > deadline:
+            page.screenshot(path=str(SCREENSHOTS / "timeout.png"))
+            raise AssertionError(f"{selector} did not appear in {timeout} s")
+        page.locator(".jp-Notebook .jp-Cell").last.scroll_into_view_if_needed()
+        page.wait_for_timeout(100)
+
+
 def _dismiss_news(page) -> None:
     """JupyterLab asks about its news in a toast that would cover the screenshots."""
     button = page.get_by_role("button", name="No", exact=True)
@@ -137,7 +163,13 @@ def test_panel_shows_a_failed_run_and_resumes_it(lab):
                 ".some(e => e.textContent.includes('Idle'))",
                 timeout=60_000,
             )
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # Not awaited: the command's promise resolves only when every cell has run.
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+            # While the run goes: start done, the foreach body running (its tasks sleep).
+            _wait_in_view(page, "g#flowbook-node-body.flowbook-state-running")
+            assert page.query_selector("g#flowbook-node-start.flowbook-state-done")
+            assert page.query_selector("g#flowbook-node-end.flowbook-state-not-run")
+            page.screenshot(path=str(SCREENSHOTS / "0-running.png"))
             # The run fails in one split: the body node turns red.
             failed = page.wait_for_selector(
                 "g#flowbook-node-body.flowbook-state-failed", timeout=90_000
