@@ -127,7 +127,9 @@ def test_resume_after_a_failure_anywhere_finishes_like_an_uninterrupted_run(
 def test_only_the_failed_splits_of_a_foreach_run_again(run_flow, client):
     flags = [_marker(run_flow, "fail_inner_2"), _marker(run_flow, "fail_inner_4")]
     first = run_flow(FAILING, "run")
-    assert_task_failed(first, "inner", "inner 2 failed")
+    assert_task_failed(first, "inner")
+    # Whichever failing split ran first stopped new tasks; the other may not have run.
+    assert "inner 2 failed" in first.output or "inner 4 failed" in first.output
     for flag in flags:
         flag.unlink()
     assert run_flow(None, "resume").returncode == 0
