@@ -16,6 +16,7 @@ from typing import Any
 
 from .datastore import Datastore, default_datastore_url
 from .exceptions import ClientNotFound, MissingArtifactError
+from .identity import current_user
 
 _DEFAULT = object()
 _state: dict[str, Any] = {"namespace": _DEFAULT, "datastore_url": None, "datastores": {}}
@@ -23,8 +24,6 @@ _state: dict[str, Any] = {"namespace": _DEFAULT, "datastore_url": None, "datasto
 
 # ---------------------------------------------------------------------- configuration
 def _user_namespace() -> str:
-    from .runtime.launch import current_user
-
     return f"user:{current_user()}"
 
 
@@ -263,6 +262,13 @@ class Step(_ClientObject):
                 raise ClientNotFound(f"Run {flow}/{run_id} has no step '{step_name}'.")
 
     def tasks(self) -> Iterator[Task]:
+        index = self._ds.read_step_index(self.flow_name, self.run_id, self.id)
+        if index is not None:  # a finished run: every final record in one object
+            for task_id in sorted(index, key=lambda t: (len(t), t)):
+                task = Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
+                task._attempt, task._record_cache = index[task_id]["attempt"], index[task_id]
+                yield task
+            return
         for task_id in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
             yield Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
 import pytest
 from conftest import assert_refused
+
+from flowbook.datastore.blobs import INLINE_LIMIT
+from flowbook.exceptions import CorruptBlobError
 
 
 def _blob_files(datastore: Path) -> dict[str, Path]:
@@ -26,10 +30,14 @@ def test_equal_values_share_one_blob(run_flow, client, tmp_path):
     blobs = _blob_files(tmp_path / ".flowbook")
     assert a.sha in blobs
     assert blobs[a.sha].parent.name == a.sha[:2]
-    # every artifact of every task points at a blob; no blob is stored twice
-    shas = {artifact.sha for step in run for task in step for artifact in task}
-    assert shas <= set(blobs)
-    assert len(blobs) == len(shas)
+    # every artifact is a blob file or, when small, travels inline in its task's
+    # record; no blob is stored twice and no small value gets a file
+    artifacts = [artifact for step in run for task in step for artifact in task]
+    inline = {a.sha for a in artifacts if a.size <= INLINE_LIMIT}
+    stored = {a.sha for a in artifacts if a.size > INLINE_LIMIT}
+    assert {run["join"].task["small"].sha, run["a"].task["own"].sha} <= inline
+    assert {a.sha, run["join"].task["long_text"].sha} == stored
+    assert set(blobs) == stored
     # an artifact passed on unchanged is not stored again
     assert run["join"].task["payload"].sha == a.sha
     assert run["end"].task["payload"].sha == a.sha
@@ -174,15 +182,35 @@ def test_dump_of_a_step_prints_each_task(run_flow, dedup_run):
 
 def test_corrupt_blob_is_detected(run_flow, dedup_run, client, tmp_path):
     result, run = dedup_run
-    artifact = run["join"].task["small"]
+    artifact = run["join"].task["long_text"]
     path = _blob_files(tmp_path / ".flowbook")[artifact.sha]
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     os.chmod(path, 0o644)
     path.write_bytes(bytes(data))
     with pytest.raises(Exception, match="corrupt") as info:
-        run["join"].task["small"].data  # noqa: B018
-    assert "'small'" in str(info.value)
+        run["join"].task["long_text"].data  # noqa: B018
+    assert "'long_text'" in str(info.value)
+    dump = run_flow(None, "dump", f"{result.run_id}/join")
+    assert_refused(dump, "'long_text'", "corrupt")
+
+
+@pytest.mark.parametrize("record", ["join/*/0.done.json", "join.tasks.json"])
+def test_corrupt_inline_artifact_is_detected(run_flow, dedup_run, client, tmp_path, record):
+    """A small artifact lives inline in its task's record and in the step's index;
+    either copy, once altered, is refused by its hash, naming the artifact."""
+    result, run = dedup_run
+    entry = run["join"].task["small"]._entry
+    run_dir = tmp_path / ".flowbook" / "flows" / "DedupFlow" / result.run_id
+    (path,) = run_dir.glob(record)
+    text = path.read_text()
+    assert text.count(entry["inline"]) == 1
+    altered = base64.b64encode(base64.b64decode(entry["inline"])[:-1] + b"!").decode()
+    path.write_text(text.replace(entry["inline"], altered))
+    if not record.endswith("tasks.json"):  # without the index, the task's own record is read
+        (run_dir / "join.tasks.json").unlink()
+    with pytest.raises(CorruptBlobError, match="'small'.*corrupt"):
+        client.Flow("DedupFlow")[result.run_id]["join"].task["small"].data  # noqa: B018
     dump = run_flow(None, "dump", f"{result.run_id}/join")
     assert_refused(dump, "'small'", "corrupt")
 
@@ -248,3 +276,74 @@ def test_in_place_change_is_a_new_version_and_old_ones_stay(run_flow, client):
     assert start["numbers"].sha != grow["numbers"].sha
     # an artifact read but not changed keeps its blob
     assert start["untouched"].sha == grow["untouched"].sha == end["untouched"].sha
+
+
+INHERITED_FOREACH = """
+from flowbook import FlowSpec, step
+
+
+class InheritedForeach(FlowSpec):
+    @step
+    def start(self):
+        self.letters = ["a", "b", "c"]  # small: it travels inline
+        self.next(self.fan)
+
+    @step
+    def fan(self):  # splits over a list it only inherited
+        self.next(self.shout, foreach="letters")
+
+    @step
+    def shout(self):
+        self.word = self.input.upper()
+        self.next(self.gather)
+
+    @step
+    def gather(self, inputs):
+        self.words = [i.word for i in inputs]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    InheritedForeach()
+"""
+
+
+def test_foreach_over_an_inherited_inline_list(run_flow, client):
+    result = run_flow(INHERITED_FOREACH, "run")
+    assert result.returncode == 0, result
+    run = client.Flow("InheritedForeach").latest_run
+    assert "inline" in run["start"].task["letters"]._entry
+    assert run["end"].task.data.words == ["A", "B", "C"]
+
+
+def test_step_indexes_gather_the_final_records_of_a_successful_run(
+    run_flow, dedup_run, client, tmp_path
+):
+    """A successful run gets one <step>.tasks.json per step; a failed run none, and
+    the Client reads both the same way."""
+    import json
+
+    result, run = dedup_run
+    run_dir = tmp_path / ".flowbook" / "flows" / "DedupFlow" / result.run_id
+    indexes = {p.name: json.loads(p.read_text()) for p in run_dir.glob("*.tasks.json")}
+    assert set(indexes) == {f"{s}.tasks.json" for s in ("start", "a", "b", "join", "end")}
+    for step in run:
+        (task,) = step
+        on_disk = json.loads((run_dir / step.id / task.id / "0.done.json").read_text())
+        assert indexes[f"{step.id}.tasks.json"]["tasks"] == {task.id: on_disk}
+    from_index = {t.pathspec: t["payload"].data for t in run["join"]}
+
+    for index in run_dir.glob("*.tasks.json"):
+        index.unlink()
+    fresh = client.Flow("DedupFlow")[result.run_id]
+    assert {t.pathspec: t["payload"].data for t in fresh["join"]} == from_index
+
+    failing = run_flow(UNPICKLABLE.format(name="mutex", value="threading.Lock()"), "run")
+    assert failing.returncode != 0
+    failed_dir = tmp_path / ".flowbook" / "flows" / "UnpicklableFlow" / failing.run_id
+    assert failed_dir.is_dir() and not list(failed_dir.glob("*.tasks.json"))
+    assert client.Flow("UnpicklableFlow").latest_run["start"].task.data.fine == 1

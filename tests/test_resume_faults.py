@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -475,14 +476,22 @@ def test_a_corrupt_blob_is_reported_naming_the_artifact_and_task(run_flow, clien
     assert run_flow(FAILING, "run").returncode == 0
     run = client.Flow("Failing").latest_run
     artifact = run["end"].task["total"]
-    blob = run_flow.datastore / "blobs" / artifact.sha[:2] / artifact.sha
-    data = bytearray(blob.read_bytes())
-    data[-1] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    # A small value travels inline in the records of the tasks that carry it (and in
+    # their steps' indexes): alter every copy.
+    inline = artifact._entry["inline"]
+    altered = base64.b64encode(base64.b64decode(inline)[:-1] + b"!").decode()
+    copies = [
+        path
+        for path in (run_flow.datastore / "flows" / "Failing" / run.id).rglob("*.json")
+        if inline in path.read_text()
+    ]
+    assert len(copies) >= 2
+    for path in copies:
+        path.write_text(path.read_text().replace(inline, altered))
     from flowbook.exceptions import CorruptBlobError
 
     with pytest.raises(CorruptBlobError) as caught:
-        artifact.data  # noqa: B018
+        client.Flow("Failing")[run.id]["end"].task["total"].data  # noqa: B018 - read afresh
     message = str(caught.value)
     assert "'total'" in message and run["end"].task.pathspec in message
     # A step that reads it fails the same way, naming it.

@@ -1,5 +1,12 @@
 """Content-addressed artifact blobs: ``blobs/<sha[:2]>/<sha>``, written once, verified on read.
 
+Small values (at most ``INLINE_LIMIT`` bytes once serialized) are not written as
+files: their bytes travel inline, base64-encoded, in the artifact's index entry
+(``{"sha", "type", "size", "inline"}``). They keep the name they would have as a
+file, and reading them verifies it the same way, so dedup, merges and resume
+compare them exactly like stored blobs. A task with a few small artifacts then
+writes no blob file at all, and a reader of 1000 tasks opens no blob file.
+
 Blob format (version 1)::
 
     b"FBK1" | uint32 header length | header JSON | pickle stream | buffer 0 | buffer 1 | ...
@@ -14,6 +21,7 @@ blob whose bytes no longer match its name is reported as corrupt.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pickle
@@ -29,10 +37,14 @@ FORMAT_VERSION = 1
 _LEN = struct.Struct("<I")
 
 
+INLINE_LIMIT = 1024
+
+
 @dataclass(frozen=True)
 class StoredBlob:
     sha: str
     size: int
+    inline: bytes | None = None  # the blob's bytes, when small enough to travel inline
 
 
 def type_name(obj: Any) -> str:
@@ -84,17 +96,23 @@ class BlobStore:
     def path(sha: str) -> str:
         return f"blobs/{sha[:2]}/{sha}"
 
-    def put(self, obj: Any, artifact_name: str = "") -> StoredBlob:
+    def put(self, obj: Any, artifact_name: str = "", inline: bool = False) -> StoredBlob:
+        """Store ``obj``; with ``inline``, a small value is returned, not written."""
         chunks = serialize(obj, artifact_name)
         sha, size = content_hash(chunks)
+        if inline and size <= INLINE_LIMIT:
+            return StoredBlob(sha, size, b"".join(chunks))
         path = self.path(sha)
         if not self.storage.exists(path):
             self.storage.write_chunks(path, chunks)
         return StoredBlob(sha, size)
 
-    def get(self, sha: str, what: str = "") -> Any:
-        """Load the object stored under ``sha``; ``what`` names it in errors."""
+    def get(self, sha: str, what: str = "", inline: bytes | None = None) -> Any:
+        """Load the object stored under ``sha`` (from ``inline`` bytes when given);
+        ``what`` names it in errors."""
         what = what or f"blob {sha[:12]}"
+        if inline is not None:
+            return _decode_inline(inline, sha, what)
         path = self.path(sha)
         try:
             handle = self.storage.open_read(path)
@@ -148,6 +166,40 @@ class BlobStore:
             raise ArtifactError(
                 f"{what} cannot be unpickled here ({type(exc).__name__}: {exc})."
             ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_header(header: bytes) -> dict:
+    """Small blobs share a handful of headers (``{"v":1,"p":5,"b":[]}``): parse each once."""
+    return json.loads(header)
+
+
+def _decode_inline(data: bytes, sha: str, what: str) -> Any:
+    """An inline blob's value, after checking its bytes against its name."""
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise CorruptBlobError(
+            f"{what}: inline blob {sha[:12]} is corrupt: its content does not match its hash."
+        )
+    try:
+        if data[:4] != MAGIC:
+            raise ValueError("bad magic")
+        (header_len,) = _LEN.unpack_from(data, 4)
+        header = _parse_header(data[8 : 8 + header_len])
+        start = 8 + header_len
+        stream = data[start : start + header["p"]]
+        buffers = []
+        offset = start + header["p"]
+        for length in header["b"]:
+            buffers.append(data[offset : offset + length])
+            offset += length
+    except (ValueError, KeyError, TypeError, struct.error):
+        raise CorruptBlobError(f"{what}: inline blob {sha[:12]} is corrupt.") from None
+    try:
+        return pickle.loads(stream, buffers=buffers)
+    except Exception as exc:
+        raise ArtifactError(
+            f"{what} cannot be unpickled here ({type(exc).__name__}: {exc})."
+        ) from None
 
 
 def _read_exact(handle, size: int, what: str, sha: str) -> bytes:

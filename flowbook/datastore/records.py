@@ -5,6 +5,8 @@ Layout under the datastore root::
     blobs/<sha[:2]>/<sha>                              artifact blobs (see blobs.py)
     flows/<Flow>/<run_id>/run.json                     parameters, tags, graph, start time
     flows/<Flow>/<run_id>/status.json                  written once the run ends
+    flows/<Flow>/<run_id>/<step>.tasks.json            every task record of the step,
+                                                       written once a run succeeded
     flows/<Flow>/<run_id>/<step>/<task_id>/<n>.start.json   attempt n started
     flows/<Flow>/<run_id>/<step>/<task_id>/<n>.stdout       its output (plain text)
     flows/<Flow>/<run_id>/<step>/<task_id>/<n>.stderr
@@ -13,17 +15,23 @@ Layout under the datastore root::
 
 An attempt is successful when its ``done.json`` says so; the artifact index in it
 maps each artifact name to its blob's hash, type and size. Nothing else describes a
-task, so a task either has a complete, readable record or none.
+task, so a task either has a complete, readable record or none. ``<step>.tasks.json``
+is a read-side copy: once a run has succeeded, its tasks never change again, so the
+final record of every task of a step is gathered into one object and a reader of a
+1000-task step opens one file instead of a thousand.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import time
 from typing import Any
 
-from .blobs import BlobStore
+from ..exceptions import CorruptBlobError
+from .blobs import BlobStore, type_name
 from .storage import Storage, open_storage
 
 
@@ -101,6 +109,21 @@ class Datastore:
         tasks = self.storage.list(f"{self.run_path(flow, run_id)}/{step}")
         return sorted(tasks, key=lambda t: (len(t), t))
 
+    # ---------------------------------------------------------------- step indexes
+    def write_step_indexes(self, flow: str, run_id: str, records: list[dict]) -> None:
+        """Gather the final records of a finished run's tasks, one object per step."""
+        by_step: dict[str, dict[str, dict]] = {}
+        for record in records:
+            by_step.setdefault(record["step"], {})[record["task_id"]] = record
+        for step, tasks in by_step.items():
+            path = f"{self.run_path(flow, run_id)}/{step}.tasks.json"
+            self.storage.write_bytes(path, _dumps({"v": 1, "tasks": tasks}))
+
+    def read_step_index(self, flow: str, run_id: str, step: str) -> dict[str, dict] | None:
+        """{task_id: final record} for a step of a finished run, or None."""
+        index = self._read_json(f"{self.run_path(flow, run_id)}/{step}.tasks.json")
+        return index.get("tasks") if index and index.get("v") == 1 else None
+
     # ---------------------------------------------------------------- tasks
     def write_attempt_start(
         self, flow: str, run_id: str, step: str, task_id: str, attempt: int, record: dict
@@ -156,8 +179,24 @@ class Datastore:
             return ""
 
     # ---------------------------------------------------------------- artifacts
+    def store_artifact(self, value: Any, name: str, inline: bool = True) -> dict:
+        """Store one artifact; its index entry (small values travel inline in it)."""
+        stored = self.blobs.put(value, name, inline=inline)
+        entry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
+        if stored.inline is not None:
+            entry["inline"] = base64.b64encode(stored.inline).decode("ascii")
+        return entry
+
     def load_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
-        return self.blobs.get(entry["sha"], what=f"Artifact '{name}' of task {pathspec}")
+        what = f"Artifact '{name}' of task {pathspec}"
+        inline = entry.get("inline")
+        if inline is None:
+            return self.blobs.get(entry["sha"], what=what)
+        try:
+            data = base64.b64decode(inline, validate=True)
+        except (binascii.Error, ValueError):
+            raise CorruptBlobError(f"{what}: its inline value is corrupt (not base64).") from None
+        return self.blobs.get(entry["sha"], what=what, inline=data)
 
     # ---------------------------------------------------------------- helpers
     def _read_json(self, path: str) -> dict | None:

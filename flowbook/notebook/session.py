@@ -16,7 +16,8 @@ from typing import Any
 from ..datastore import Datastore
 from ..exceptions import FlowbookError, StepFailed
 from ..graph import FlowGraph
-from ..runtime.launch import current_user, store_parameters, system_tags
+from ..identity import current_user, system_tags
+from ..runtime.launch import store_parameters
 from ..runtime.scheduler import Scheduler
 from .builder import build_flow, global_names_used, names_defined, step_node
 from .cells import NotebookSource, StepCell, flow_name_from_path, parse_parameters

@@ -190,19 +190,21 @@ class TaskContext:
             )
 
     # ------------------------------------------------------------ persisting
-    def collect_artifacts(self, obj: Any) -> dict[str, dict]:
-        """Store new and changed artifacts; return the task's artifact index."""
+    def collect_artifacts(self, obj: Any, as_blob: str | None = None) -> dict[str, dict]:
+        """Store new and changed artifacts; return the task's artifact index.
+
+        Small values travel inline in the index, except ``as_blob`` (a foreach's
+        list, which every split reads by its hash)."""
         index = dict(self.parameters)
         index.update(self.inherited)
-        blobs = self.datastore.blobs
+        store = self.datastore.store_artifact
         for name, value in obj.__dict__.items():
             if name == "_fb":
                 continue
             try:
-                stored = blobs.put(value, name)
+                index[name] = store(value, name, inline=name != as_blob)
             except ArtifactError as exc:
                 raise ArtifactError(f"{self._where()}: {exc}") from None
-            index[name] = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
             self.dropped.pop(name, None)
         for name in index:
             self.dropped.pop(name, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import sys
 import time
@@ -10,9 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..datastore import Datastore
-from ..datastore.blobs import type_name
 from ..exceptions import ParameterError
 from ..graph import FlowGraph
+from ..identity import current_user, system_tags
 from .console import Console
 from .resume import ResumePlan, find_origin_run
 from .scheduler import Scheduler
@@ -32,31 +31,11 @@ class RunOutcome:
         return f"{self.flow_name}/{self.run_id}"
 
 
-def current_user() -> str:
-    for var in ("FLOWBOOK_USER", "METAFLOW_USER", "USER", "USERNAME"):
-        if os.environ.get(var):
-            return os.environ[var]
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
-
-
-def system_tags(user: str) -> list[str]:
-    return [
-        f"user:{user}",
-        "runtime:dev",
-        f"python_version:{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}",
-        f"date:{time.strftime('%Y-%m-%d')}",
-    ]
-
-
 def store_parameters(datastore: Datastore, values: dict[str, Any]) -> dict[str, dict]:
     """Each parameter value as an artifact blob; returns the parameters' artifact index."""
     index = {}
     for name, value in values.items():
-        stored = datastore.blobs.put(value, name)
-        index[name] = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
+        index[name] = datastore.store_artifact(value, name)
     return index
 
 
@@ -172,6 +151,8 @@ def run_flow(
     successful = False
     try:
         successful = scheduler.run()
+        if successful:
+            datastore.write_step_indexes(graph.name, run_id, scheduler.finished_records)
     finally:
         if executor is None:
             server.close()

@@ -281,6 +281,7 @@ class Scheduler:
             f"[{self.run_id}/{pending.step}/{pending.task_id}] Cloned from {record['origin_pathspec']}."
         )
         self.on_event("task_cloned", {"step": pending.step, "task_id": pending.task_id})
+        self.finished_records.append(record)
         self._schedule_successors(record)
         return True
 

@@ -82,7 +82,7 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
         transition = _check_transition(context, graph, spec)
         if transition.get("foreach"):
             transition["num_splits"] = context.foreach_split_count(instance, transition["foreach"])
-        artifacts = context.collect_artifacts(instance)
+        artifacts = context.collect_artifacts(instance, as_blob=transition.get("foreach"))
         record = dict(
             base,
             status="successful",
@@ -91,6 +91,8 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
             next=transition,
         )
         if transition.get("foreach"):
+            # counting the splits loaded the list, so collect_artifacts stored it as
+            # a blob file (never inline): every split reads it by its hash
             transition["sha"] = artifacts[transition["foreach"]]["sha"]
         exit_code = 0
     except BaseException as exc:  # the user's code may raise anything, even SystemExit

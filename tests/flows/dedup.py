@@ -23,7 +23,7 @@ class DedupFlow(FlowSpec):
     @step
     def join(self, inputs):
         self.payload = inputs.a.payload
-        self.long_text = "x" * 500
+        self.long_text = "x" * 5000
         self.small = 3
         self.pair = (1, "two")
         self.next(self.end)
