@@ -30,7 +30,7 @@ class FlowSpec:
 
     def __init__(self, use_cli: bool = True) -> None:
         if use_cli:
-            from .cli.flow_cli import main
+            from .cli.entry import main
 
             main(type(self))
 

@@ -404,7 +404,7 @@ _NB_FLOW_TEMPLATE = """\
 # Written by flowbook's NBRunner: runs a FlowSpec class sent from a notebook.
 import cloudpickle
 
-from flowbook.cli.flow_cli import main
+from flowbook.cli.entry import main
 
 with open({pickled!r}, "rb") as handle:
     flow_cls, graph = cloudpickle.load(handle)

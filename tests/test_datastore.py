@@ -347,3 +347,40 @@ def test_step_indexes_gather_the_final_records_of_a_successful_run(
     failed_dir = tmp_path / ".flowbook" / "flows" / "UnpicklableFlow" / failing.run_id
     assert failed_dir.is_dir() and not list(failed_dir.glob("*.tasks.json"))
     assert client.Flow("UnpicklableFlow").latest_run["start"].task.data.fine == 1
+
+
+PARAMETER_FOREACH = """
+from flowbook import FlowSpec, JSONType, Parameter, step
+
+
+class ParameterForeach(FlowSpec):
+    letters = Parameter("letters", type=JSONType, default='["x", "y"]')
+
+    @step
+    def start(self):  # splits over a small list that only exists as a parameter
+        self.next(self.shout, foreach="letters")
+
+    @step
+    def shout(self):
+        self.word = self.input.upper()
+        self.next(self.gather)
+
+    @step
+    def gather(self, inputs):
+        self.words = [i.word for i in inputs]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    ParameterForeach()
+"""
+
+
+def test_foreach_over_a_small_parameter(run_flow, client):
+    result = run_flow(PARAMETER_FOREACH, "run", "--letters", '["a", "b", "c"]')
+    assert result.returncode == 0, result
+    assert client.Flow("ParameterForeach").latest_run["end"].task.data.words == ["A", "B", "C"]

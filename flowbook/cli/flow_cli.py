@@ -1,9 +1,11 @@
-"""``python flow.py COMMAND``: the command line every FlowSpec file gets.
+"""``python flow.py COMMAND``: the command line every FlowSpec file gets, with click.
 
-Commands: ``check``, ``show``, ``run``, ``logs``, ``dump`` (and ``help``). Top-level
-options come before the command, as in Metaflow: ``--datastore``, ``--quiet``,
-``--no-pylint`` (accepted for compatibility; flowbook runs no linter). Every error a
-user can cause is printed as one line naming the flow and exits with status 1.
+Commands: ``check``, ``show``, ``run``, ``resume``, ``logs``, ``dump`` (and
+``--help``). Top-level options come before the command, as in Metaflow:
+``--datastore``, ``--quiet``, ``--with``, ``--no-pylint`` (accepted for
+compatibility; flowbook runs no linter). Every error a user can cause is printed as
+one line naming the flow and exits with status 1. A plain ``run`` or ``resume``
+never gets here: :mod:`flowbook.cli.entry` reads those without importing click.
 """
 
 from __future__ import annotations
@@ -17,21 +19,17 @@ import click
 from ..decorators import parse_decospec
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
-from ..parameters import convert_given, flow_parameters, resolve_parameters
+from ..parameters import flow_parameters
 from . import inspect_cmds
+from .entry import env_int, fail, start_run
 
 
 def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(f"FLOWBOOK_RUN_{name}") or os.environ.get(f"METAFLOW_RUN_{name}")
     try:
-        return int(value) if value else default
+        return env_int(name, default)
     except ValueError:
+        value = os.environ.get(f"FLOWBOOK_RUN_{name}") or os.environ.get(f"METAFLOW_RUN_{name}")
         raise click.BadParameter(f"FLOWBOOK_RUN_{name}={value!r} is not an integer") from None
-
-
-def fail(message: str) -> None:
-    click.secho(message, fg="red", err=True)
-    sys.exit(1)
 
 
 def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
@@ -75,31 +73,17 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
 
     def start(kwargs: dict[str, Any], resume: bool) -> None:
         ctx = click.get_current_context()
-        from ..runtime.console import Console
-        from ..runtime.launch import run_flow
-
         given = {p.name: kwargs.pop(_option_key(p.name)) for p in parameters.values()}
-        given = {name: value for name, value in given.items() if value is not None}
-        if resume:  # only the values given now, checked against the origin run's
-            values = convert_given(flow_name, parameters, given)
-        else:
-            values = resolve_parameters(flow_name, parameters, given)
-        outcome = run_flow(
-            flow_cls,
-            graph,
-            values,
-            datastore_url=ctx.obj["datastore"],
-            max_workers=kwargs["max_workers"],
-            max_num_splits=kwargs["max_num_splits"],
-            tags=list(kwargs["tags"]),
-            console=Console(quiet=ctx.obj["quiet"]),
-            resume=resume,
-            origin_run_id=kwargs.get("origin_run_id"),
-            resume_step=kwargs.get("step_to_rerun"),
-            run_id_file=kwargs.get("run_id_file"),
+        settings = dict(
+            kwargs,
+            command="resume" if resume else "run",
+            parameters={name: value for name, value in given.items() if value is not None},
+            datastore=ctx.obj["datastore"],
+            quiet=ctx.obj["quiet"],
+            decospecs=[],  # applied by the group callback
+            step=kwargs.get("step_to_rerun"),
         )
-        if not outcome.successful:
-            sys.exit(1)
+        start_run(flow_cls, graph, settings)
 
     common = [
         click.Option(
@@ -169,12 +153,8 @@ def _option_key(name: str) -> str:
     return "param_" + name.replace("-", "_")
 
 
-def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None = None) -> None:
-    """Validate the flow, then run the command line; never returns.
-
-    ``graph`` is given when the class's source is not readable here (a flow class
-    defined in a notebook and sent to a subprocess by NBRunner).
-    """
+def run_click_cli(flow_cls: type, graph: FlowGraph | None, args: list[str]) -> None:
+    """Run the full command line (see :func:`flowbook.cli.entry.main`); never returns."""
     try:
         graph = graph or FlowGraph.from_flow_class(flow_cls)
         cli = build_cli(flow_cls, graph)

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     command, path, rest = argv[0], argv[1], argv[2:]
     from ..exceptions import FlowbookError
-    from .flow_cli import fail
-    from .flow_cli import main as flow_main
+    from .entry import fail
+    from .entry import main as flow_main
 
     if command in NOTEBOOK_TOOLS:
         NOTEBOOK_TOOLS[command](path, rest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..exceptions import FlowbookError
-from .flow_cli import fail
+from .entry import fail
 
 
 @click.command(help="Write NOTEBOOK's flow as a standalone FlowSpec file.")

@@ -187,6 +187,12 @@ class Datastore:
             entry["inline"] = base64.b64encode(stored.inline).decode("ascii")
         return entry
 
+    def ensure_blob(self, entry: dict) -> None:
+        """Give an inline artifact its blob file too, so its hash alone finds it."""
+        inline = entry.get("inline")
+        if inline is not None and not self.storage.exists(self.blobs.path(entry["sha"])):
+            self.storage.write_bytes(self.blobs.path(entry["sha"]), base64.b64decode(inline))
+
     def load_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
         what = f"Artifact '{name}' of task {pathspec}"
         inline = entry.get("inline")

@@ -91,9 +91,11 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
             next=transition,
         )
         if transition.get("foreach"):
-            # counting the splits loaded the list, so collect_artifacts stored it as
-            # a blob file (never inline): every split reads it by its hash
-            transition["sha"] = artifacts[transition["foreach"]]["sha"]
+            # every split reads the list by its hash: it must be a blob file, also
+            # when it arrived inline (a small list given as a Parameter)
+            foreach_entry = artifacts[transition["foreach"]]
+            datastore.ensure_blob(foreach_entry)
+            transition["sha"] = foreach_entry["sha"]
         exit_code = 0
     except BaseException as exc:  # the user's code may raise anything, even SystemExit
         text = format_user_traceback(exc)
