@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..exceptions import ArtifactError, CorruptBlobError, DatastoreError
+from . import pickling
 from .storage import Storage
 
 MAGIC = b"FBK1"
@@ -55,14 +56,12 @@ def type_name(obj: Any) -> str:
 
 def serialize(obj: Any, artifact_name: str = "") -> list[bytes | memoryview]:
     """The blob's bytes as chunks, without copying large buffers."""
-    import cloudpickle
-
     buffers: list[pickle.PickleBuffer] = []
     try:
-        stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        stream = pickling.dumps(obj, buffer_callback=buffers.append)
         raws = [buf.raw() for buf in buffers]
     except BufferError:  # a non-contiguous buffer: keep it in-band
-        stream = cloudpickle.dumps(obj, protocol=5)
+        stream = pickling.dumps(obj)
         raws = []
     except Exception as exc:
         what = f"artifact '{artifact_name}'" if artifact_name else "object"

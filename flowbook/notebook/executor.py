@@ -55,6 +55,9 @@ class NotebookExecutor:
     def submit(self, key: Any, spec: Any) -> None:
         self.server.submit(key, (self.definition, spec))
 
+    def warm(self, module: str) -> None:
+        self.server.warm(module)
+
     def read_events(self) -> list[tuple]:
         return self.server.read_events()
 

@@ -112,6 +112,7 @@ class Scheduler:
         self.failures: list[str] = []
         self.end_succeeded = False
         self._last_task_id = 0
+        self._warmed: set[str] = set()  # modules the task server was asked to import
         self._last_tick = time.monotonic()
 
     # ------------------------------------------------------------ public
@@ -293,6 +294,10 @@ class Scheduler:
         record = self.datastore.read_attempt_done(
             self.flow, self.run_id, spec.step, spec.task_id, spec.attempt
         )
+        for module in (record or {}).get("warm", []):
+            if module not in self._warmed:
+                self._warmed.add(module)
+                self.executor.warm(module)
         if code == 0 and record and record.get("status") == "successful":
             self.finished_records.append(record)
             self.console.message(f"[{task.prefix}] Task finished successfully.")

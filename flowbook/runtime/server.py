@@ -10,6 +10,8 @@ Protocol, over a Unix socket pair, each message a 4-byte length and a pickle:
 
 * scheduler -> server: ``("run", key, payload)``; the server forks, and the child
   calls ``handler(payload)`` and exits with the code it returns.
+  ``("define", name, pickled)`` stores an object tasks refer to by name, and
+  ``("warm", module)`` imports a module so that later tasks start with it.
 * server -> scheduler: ``("started", key, pid)`` and ``("exited", key, pid, code)``,
   where ``code`` is the exit code, or minus the signal number that killed the child.
 
@@ -122,6 +124,11 @@ DEFINITIONS: dict[str, Any] = {}
 
 
 def _handle(message: tuple, handler, channel: Channel, children: dict, wake) -> None:
+    if message[0] == "warm":  # a module tasks turned out to need: import it once, here
+        import importlib
+
+        importlib.import_module(message[1])
+        return
     if message[0] == "define":
         _, name, data = message
         DEFINITIONS[name] = pickle.loads(data)
@@ -229,6 +236,10 @@ class TaskServerClient:
 
     def submit(self, key: Any, payload: Any) -> None:
         self.channel.send(("run", key, payload))
+
+    def warm(self, module: str) -> None:
+        """Have the server import ``module`` before it forks more tasks."""
+        self.channel.send(("warm", module))
 
     def define(self, name: str, data: bytes) -> None:
         """Send an object (pickled) that later payloads refer to by ``name``."""

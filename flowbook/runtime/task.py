@@ -15,9 +15,6 @@ import time
 import traceback
 from typing import Any
 
-# Imported here, before the task server forks, so that task processes start warm.
-import cloudpickle  # noqa: F401
-
 from ..current_task import current
 from ..datastore import Datastore
 from ..datastore.blobs import type_name
@@ -32,6 +29,7 @@ _FLOWBOOK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os
 
 def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
     """Run the attempt described by ``spec``; return the process exit code."""
+    cloudpickle_was_warm = "cloudpickle" in sys.modules  # imported by the server?
     os.setpgid(0, 0)  # the task leads a process group: a timeout kills its children too
     _redirect_output(spec)
     datastore = Datastore(spec.datastore_url)
@@ -111,6 +109,10 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
         )
         exit_code = 1
     record["finished_at"] = time.time()
+    if "cloudpickle" in sys.modules and not cloudpickle_was_warm:
+        # this task needed it (see datastore/pickling.py): the scheduler has the server
+        # import it, so that later tasks start with it
+        record["warm"] = ["cloudpickle"]
     _flush_output()
     if not datastore.storage.is_local:
         _upload_logs(datastore, spec)
