@@ -14,33 +14,41 @@ violation raises one :class:`~flowbook.exceptions.GraphError` naming the steps.
 from __future__ import annotations
 
 import ast
-import inspect
-import textwrap
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from .exceptions import GraphError
+from .plain import Plain
 
 #: A split frame: (split step name, branch name); the branch is "" for a foreach.
 Frame = tuple[str, str]
 
 
-@dataclass
-class StepNode:
+class StepNode(Plain):
     """One step of a flow and its outgoing transition."""
 
-    name: str
-    out_funcs: list[str] = field(default_factory=list)
-    foreach: str | None = None
-    is_join: bool = False
-    doc: str = ""
-    lineno: int | None = None
-    source_file: str | None = None
-    decorators: list = field(default_factory=list)
-    # Filled in by FlowGraph validation:
-    in_funcs: list[str] = field(default_factory=list)
-    split_stack: tuple[Frame, ...] = ()
-    matching_join: str | None = None
+    def __init__(
+        self,
+        name: str,
+        out_funcs: list[str] | None = None,
+        foreach: str | None = None,
+        is_join: bool = False,
+        doc: str = "",
+        lineno: int | None = None,
+        source_file: str | None = None,
+        decorators: list | None = None,
+    ) -> None:
+        self.name = name
+        self.out_funcs: list[str] = list(out_funcs or [])
+        self.foreach = foreach
+        self.is_join = is_join
+        self.doc = doc
+        self.lineno = lineno
+        self.source_file = source_file
+        self.decorators: list = list(decorators or [])
+        # Filled in by FlowGraph validation:
+        self.in_funcs: list[str] = []
+        self.split_stack: tuple[Frame, ...] = ()
+        self.matching_join: str | None = None
 
     @property
     def type(self) -> str:
@@ -106,9 +114,10 @@ class FlowGraph:
     def from_flow_class(cls, flow_cls: type) -> FlowGraph:
         """Parse the steps of a FlowSpec subclass and their ``self.next`` calls."""
         nodes = []
+        parsed: dict[str, ast.Module | None] = {}
         for attr_name in _step_attribute_names(flow_cls):
             func = getattr(flow_cls, attr_name)
-            nodes.append(_node_from_function(flow_cls.__name__, attr_name, func))
+            nodes.append(_node_from_function(flow_cls.__name__, attr_name, func, parsed))
         return cls(flow_cls.__name__, nodes)
 
     def apply_decospecs(self, specs: list) -> None:
@@ -342,31 +351,66 @@ def _step_attribute_names(flow_cls: type) -> list[str]:
     return names
 
 
-def _node_from_function(flow_name: str, step_name: str, func) -> StepNode:
-    func = inspect.unwrap(func)
-    try:
-        source = textwrap.dedent(inspect.getsource(func))
-        tree = ast.parse(source)
-    except (OSError, TypeError, SyntaxError) as exc:
+def _node_from_function(
+    flow_name: str, step_name: str, func, parsed: dict[str, ast.Module | None]
+) -> StepNode:
+    while hasattr(func, "__wrapped__"):  # a decorator that used functools.wraps
+        func = func.__wrapped__
+    code = func.__code__
+    func_def = _find_function_def(code.co_filename, func.__name__, code.co_firstlineno, parsed)
+    if func_def is None:
         raise GraphError(
-            f"Flow {flow_name}: cannot read the source of step '{step_name}' ({exc}); "
+            f"Flow {flow_name}: cannot read the source of step '{step_name}' "
+            f"({code.co_filename}, line {code.co_firstlineno}); "
             "flowbook reads self.next(...) from the source."
-        ) from None
-    func_def = tree.body[0]
-    first_line = func.__code__.co_firstlineno
+        )
     params = [a.arg for a in func_def.args.args]
-    is_join = len(params) >= 2
-    out_funcs, foreach = _read_transitions(flow_name, step_name, func_def, first_line)
+    out_funcs, foreach = _read_transitions(flow_name, step_name, func_def, 1)
     return StepNode(
         name=step_name,
         out_funcs=out_funcs,
         foreach=foreach,
-        is_join=is_join,
-        doc=inspect.getdoc(func) or "",
-        lineno=first_line,
-        source_file=inspect.getsourcefile(func),
+        is_join=len(params) >= 2,
+        doc=_clean_doc(func.__doc__),
+        lineno=code.co_firstlineno,
+        source_file=code.co_filename,
         decorators=list(getattr(func, "_flowbook_decorators", [])),
     )
+
+
+def _find_function_def(
+    filename: str, name: str, first_line: int, parsed: dict[str, ast.Module | None]
+) -> ast.FunctionDef | None:
+    """The ``def`` of function ``name`` whose code starts at ``first_line`` (its first
+    decorator, or the def itself) in ``filename``, read through linecache, which also
+    knows the sources a notebook registers. Each file is parsed once per graph."""
+    if filename not in parsed:
+        import linecache
+
+        try:
+            parsed[filename] = ast.parse("".join(linecache.getlines(filename)) or "\n")
+        except (SyntaxError, ValueError):
+            parsed[filename] = None
+    tree = parsed[filename]
+    if tree is None:
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            starts = [node.lineno] + [d.lineno for d in node.decorator_list]
+            if min(starts) == first_line:
+                return node
+    return None
+
+
+def _clean_doc(doc: str | None) -> str:
+    """A docstring without its indentation (what ``inspect.cleandoc`` gives)."""
+    if not doc:
+        return ""
+    lines = doc.expandtabs().splitlines()
+    indents = [len(line) - len(line.lstrip()) for line in lines[1:] if line.strip()]
+    margin = min(indents, default=0)
+    cleaned = [lines[0].strip()] + [line[margin:].rstrip() for line in lines[1:]]
+    return "\n".join(cleaned).strip()
 
 
 def _read_transitions(

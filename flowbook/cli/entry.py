@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
+
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
 #: Options before the command: name -> (key, takes a value, value when a flag).
 GLOBAL_OPTIONS: dict[str, tuple[str, bool, Any]] = {
@@ -123,8 +126,8 @@ def _store(settings: dict[str, Any], key: str, value: Any) -> None:
         settings[key] = value
 
 
-def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> None:
-    """Run or resume the flow with parsed settings; exits 1 when the run fails."""
+def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> bool:
+    """Run or resume the flow with parsed settings; True when the run succeeded."""
     from ..decorators import parse_decospec
     from ..parameters import convert_given, flow_parameters, resolve_parameters
     from ..runtime.console import Console
@@ -154,8 +157,25 @@ def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> Non
         resume_step=settings.get("step"),
         run_id_file=settings.get("run_id_file"),
     )
-    if not outcome.successful:
-        sys.exit(1)
+    return outcome.successful
+
+
+def exit_process(code: int) -> None:
+    """End a command-line process: flush, run ``atexit`` handlers, and skip the
+    interpreter's teardown of every module (about 10 ms on a small machine, a sixth
+    of a short run). Inside IPython (a notebook calling a flow's ``main``) the
+    interpreter must live on, so there this is a plain ``sys.exit``."""
+    if "IPython" in sys.modules:
+        sys.exit(code)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None = None) -> None:
@@ -172,8 +192,7 @@ def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None 
         names = {p.name for p in flow_parameters(flow_cls).values()}
         settings = read_plain_start(argv, names)
         if settings is not None:
-            start_run(flow_cls, graph, settings)
-            sys.exit(0)
+            exit_process(0 if start_run(flow_cls, graph, settings) else 1)
     except FlowbookError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -83,7 +83,8 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             decospecs=[],  # applied by the group callback
             step=kwargs.get("step_to_rerun"),
         )
-        start_run(flow_cls, graph, settings)
+        if not start_run(flow_cls, graph, settings):
+            sys.exit(1)
 
     common = [
         click.Option(

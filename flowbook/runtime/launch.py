@@ -5,26 +5,31 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from ..datastore import Datastore
 from ..exceptions import ParameterError
 from ..graph import FlowGraph
 from ..identity import current_user, system_tags
+from ..plain import Plain
 from .console import Console
 from .resume import ResumePlan, find_origin_run
 from .scheduler import Scheduler
 from .server import TaskServerClient
 from .task import execute_task
 
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
-class RunOutcome:
-    flow_name: str
-    run_id: str
-    successful: bool
-    failures: list[str]
+
+class RunOutcome(Plain):
+    """How a run ended."""
+
+    def __init__(self, flow_name: str, run_id: str, successful: bool, failures: list[str]) -> None:
+        self.flow_name = flow_name
+        self.run_id = run_id
+        self.successful = successful
+        self.failures = failures
 
     @property
     def pathspec(self) -> str:

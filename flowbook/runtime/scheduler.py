@@ -18,11 +18,11 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from ..datastore import Datastore
 from ..decorators import step_settings
 from ..graph import FlowGraph
+from ..plain import Plain
 from .console import Console, LogTail
 from .resume import ResumePlan
 from .spec import TaskSpec
@@ -31,26 +31,43 @@ from .spec import TaskSpec
 TICK_INTERVAL = 0.5
 
 
-@dataclass
-class PendingTask:
-    step: str
-    task_id: str
-    parents: list[dict]
-    split_stack: list[dict]
-    attempt: int = 0
-    #: Set for the extra attempt that stores a caught exception (``@catch``).
-    caught: dict | None = None
+class PendingTask(Plain):
+    """A task waiting to start: its step, parents and place in splits."""
+
+    def __init__(
+        self,
+        step: str,
+        task_id: str,
+        parents: list[dict],
+        split_stack: list[dict],
+        attempt: int = 0,
+        caught: dict | None = None,
+    ) -> None:
+        self.step = step
+        self.task_id = task_id
+        self.parents = parents
+        self.split_stack = split_stack
+        self.attempt = attempt
+        #: Set for the extra attempt that stores a caught exception (``@catch``).
+        self.caught = caught
 
 
-@dataclass
-class RunningTask:
-    pending: PendingTask
-    spec: TaskSpec
-    pid: int | None = None
-    started: float = field(default_factory=time.time)
-    tails: tuple[LogTail, LogTail] | None = None
-    deadline: float | None = None
-    timed_out: bool = False
+class RunningTask(Plain):
+    """A task the executor has started."""
+
+    def __init__(
+        self,
+        pending: PendingTask,
+        spec: TaskSpec,
+        tails: tuple[LogTail, LogTail] | None = None,
+    ) -> None:
+        self.pending = pending
+        self.spec = spec
+        self.pid: int | None = None
+        self.started = time.time()
+        self.tails = tails
+        self.deadline: float | None = None
+        self.timed_out = False
 
     @property
     def prefix(self) -> str:

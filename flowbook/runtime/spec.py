@@ -2,36 +2,54 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from ..plain import Plain
 
 
-@dataclass
-class TaskSpec:
+class TaskSpec(Plain):
     """Everything a task process needs to run one attempt of one step.
 
     ``parents`` holds, for each parent task, ``{"pathspec", "step", "artifacts",
     "dropped", "foreach_stack"}``: the parent's artifact index travels with the spec,
     so a task reads no metadata before it starts. ``split_stack`` holds the frames of
-    the splits and foreaches this task is inside, outermost first.
+    the splits and foreaches this task is inside, outermost first. ``caught`` is set
+    for the attempt that only stores a caught exception (``@catch``).
     """
 
-    flow_name: str
-    run_id: str
-    step: str
-    task_id: str
-    attempt: int
-    datastore_url: str
-    parents: list[dict] = field(default_factory=list)
-    split_stack: list[dict] = field(default_factory=list)
-    parameters: dict[str, dict] = field(default_factory=dict)
-    stdout_path: str = ""
-    stderr_path: str = ""
-    tags: list[str] = field(default_factory=list)
-    user: str = ""
-    origin_run_id: str | None = None
-    max_attempts: int = 1
-    #: For the attempt that only stores a caught exception (``@catch``): the exception.
-    caught: dict | None = None
+    def __init__(
+        self,
+        flow_name: str,
+        run_id: str,
+        step: str,
+        task_id: str,
+        attempt: int,
+        datastore_url: str,
+        parents: list[dict] | None = None,
+        split_stack: list[dict] | None = None,
+        parameters: dict[str, dict] | None = None,
+        stdout_path: str = "",
+        stderr_path: str = "",
+        tags: list[str] | None = None,
+        user: str = "",
+        origin_run_id: str | None = None,
+        max_attempts: int = 1,
+        caught: dict | None = None,
+    ) -> None:
+        self.flow_name = flow_name
+        self.run_id = run_id
+        self.step = step
+        self.task_id = task_id
+        self.attempt = attempt
+        self.datastore_url = datastore_url
+        self.parents: list[dict] = parents if parents is not None else []
+        self.split_stack: list[dict] = split_stack if split_stack is not None else []
+        self.parameters: dict[str, dict] = parameters if parameters is not None else {}
+        self.stdout_path = stdout_path
+        self.stderr_path = stderr_path
+        self.tags: list[str] = tags if tags is not None else []
+        self.user = user
+        self.origin_run_id = origin_run_id
+        self.max_attempts = max_attempts
+        self.caught = caught
 
     @property
     def pathspec(self) -> str:
