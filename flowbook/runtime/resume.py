@@ -77,10 +77,15 @@ class ResumePlan:
         self.forced = descendants(graph, step) if step else set()
         self.successful: dict[tuple, dict] = {}
         for step_name in datastore.list_steps(self.flow, origin_run_id):
-            for task_id in datastore.list_tasks(self.flow, origin_run_id, step_name):
-                attempt, record = datastore.latest_attempt(
-                    self.flow, origin_run_id, step_name, task_id
-                )
+            index = datastore.read_step_index(self.flow, origin_run_id, step_name)
+            if index is not None:  # the origin succeeded: its final records in one read
+                records = [(r["attempt"], r) for r in index.values()]
+            else:
+                records = [
+                    datastore.latest_attempt(self.flow, origin_run_id, step_name, task_id)
+                    for task_id in datastore.list_tasks(self.flow, origin_run_id, step_name)
+                ]
+            for attempt, record in records:
                 if record.get("status") == "successful":
                     key = task_identity(step_name, record.get("split_stack", []))
                     self.successful[key] = dict(record, attempt=attempt)
@@ -121,8 +126,9 @@ class ResumePlan:
             text = ds.read_log(
                 self.flow, origin["run_id"], step, origin["task_id"], origin["attempt"], kind
             )
-            ds.storage.write_bytes(
-                ds.attempt_file(self.flow, run_id, step, task_id, 0, kind), text.encode()
-            )
+            if text:  # a missing log reads as empty: an empty one needs no copy
+                ds.storage.write_bytes(
+                    ds.attempt_file(self.flow, run_id, step, task_id, 0, kind), text.encode()
+                )
         ds.write_attempt_done(self.flow, run_id, step, task_id, 0, record)
         return record
