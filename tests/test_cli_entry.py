@@ -98,3 +98,39 @@ def test_a_plain_run_does_not_import_click(run_flow):
     assert "flowbook.cli.flow_cli" not in imported
     shown = run_flow(None, "run", "--help")
     assert shown.returncode == 0 and "--max-workers" in shown.stdout
+
+
+ATEXIT_FLOW = """
+import atexit
+import sys
+
+from flowbook import FlowSpec, step
+
+atexit.register(lambda: print("atexit handler ran", flush=True))
+
+
+class AtExitFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("end ran")
+
+
+if __name__ == "__main__":
+    print("unflushed output of the flow file", end="")
+    AtExitFlow()
+"""
+
+
+@pytest.mark.parametrize("succeed", [True, False])
+def test_the_process_ends_with_output_flushed_and_atexit_handlers_run(run_flow, succeed):
+    """The run ends without interpreter teardown, but nothing a user sees is lost."""
+    source = ATEXIT_FLOW if succeed else ATEXIT_FLOW.replace('print("end ran")', "1 / 0")
+    result = run_flow(source, "run")
+    assert result.returncode == (0 if succeed else 1), result
+    assert "unflushed output of the flow file" in result.stdout
+    assert result.stdout.rstrip().endswith("atexit handler ran")
+    assert ("Done!" in result.stdout) is succeed
