@@ -154,14 +154,26 @@ def run_command(
         sampler = ProcessTreeSampler(proc.pid, interval) if sample_memory else None
         if sampler:
             sampler.__enter__()
+        # A blocking wait, not Popen.wait(timeout=...): with a timeout, Popen polls
+        # with sleeps growing to 50 ms, which rounded every short command up to the
+        # next poll (0.0635 s, 0.1135 s, 0.1635 s, ...). The timeout is a timer.
+        expired = threading.Event()
+
+        def kill_on_timeout() -> None:
+            expired.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        timer = threading.Timer(timeout, kill_on_timeout)
+        timer.start()
         try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         finally:
             seconds = time.perf_counter() - start
+            timer.cancel()
+            timed_out = expired.is_set()
             if sampler:
                 sampler.__exit__(None, None, None)
                 peak = sampler.peak_rss_bytes

@@ -26,10 +26,9 @@ import hashlib
 import json
 import pickle
 import struct
-from dataclasses import dataclass
-from typing import Any
 
 from ..exceptions import ArtifactError, CorruptBlobError, DatastoreError
+from ..plain import Plain
 from . import pickling
 from .storage import Storage
 
@@ -41,11 +40,18 @@ _LEN = struct.Struct("<I")
 INLINE_LIMIT = 1024
 
 
-@dataclass(frozen=True)
-class StoredBlob:
-    sha: str
-    size: int
-    inline: bytes | None = None  # the blob's bytes, when small enough to travel inline
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class StoredBlob(Plain):
+    """Where ``put`` stored a value: its name, its size, and its bytes when inline."""
+
+    def __init__(self, sha: str, size: int, inline: bytes | None = None) -> None:
+        self.sha = sha
+        self.size = size
+        self.inline = inline
 
 
 def type_name(obj: Any) -> str:
