@@ -96,21 +96,19 @@ def serve(channel: Channel, handler: Callable[[Any], int], pending: list | None 
     import gc
 
     gc.freeze()  # keep the collector from touching (and copying) the server's pages in tasks
-    backlog = list(pending or [])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the scheduler's to handle
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    children: dict[int, Any] = {}
+    server = _Server(channel, handler, (wake_r, wake_w))
     try:
+        for message in pending or []:
+            server.handle(message)
+        server.fork_spare()
         while True:
-            _reap(children, channel)
-            if backlog:
-                for message in backlog:
-                    _handle(message, handler, channel, children, (wake_r, wake_w))
-                backlog = []
+            server.reap()
             readable, _, _ = select.select([channel, wake_r], [], [])
             if wake_r in readable:
                 try:
@@ -123,13 +121,9 @@ def serve(channel: Channel, handler: Callable[[Any], int], pending: list | None 
                 if messages is None:
                     break
                 for message in messages:
-                    _handle(message, handler, channel, children, (wake_r, wake_w))
+                    server.handle(message)
     finally:
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        server.stop()
 
 
 #: Objects the scheduler sent with ("define", name, pickled bytes), e.g. a notebook's
@@ -137,41 +131,90 @@ def serve(channel: Channel, handler: Callable[[Any], int], pending: list | None 
 DEFINITIONS: dict[str, Any] = {}
 
 
-def _handle(message: tuple, handler, channel: Channel, children: dict, wake) -> None:
-    if message[0] == "warm":  # a module tasks turned out to need: import it once, here
-        import importlib
+class _Server:
+    """The server's state: its running tasks and one *spare*.
 
-        importlib.import_module(message[1])
-        return
-    if message[0] == "define":
-        _, name, data = message
-        DEFINITIONS[name] = pickle.loads(data)
-        return
-    if message[0] == "run":
-        _, key, payload = message
-        pid = _fork_child(handler, payload, channel, wake)
-        children[pid] = key
-        channel.send(("started", key, pid))
+    The spare is a child forked ahead of time that waits for its payload on a pipe:
+    a ``run`` request hands the payload to it and only then forks the next spare,
+    so the fork (about a millisecond here) is never on a task's critical path. A
+    ``define`` or ``warm`` message changes what tasks should start with, so the
+    spare forked before it is sent away and replaced.
+    """
 
+    def __init__(self, channel: Channel, handler: Callable[[Any], int], wake: tuple) -> None:
+        self.channel = channel
+        self.handler = handler
+        self.wake = wake
+        self.children: dict[int, Any] = {}
+        self.spare: tuple[int, int] | None = None  # (pid, write end of its payload pipe)
 
-def _reap(children: dict[int, Any], channel: Channel) -> None:
-    while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
+    def handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "warm":  # a module tasks turned out to need: import it once, here
+            import importlib
+
+            importlib.import_module(message[1])
+            self.replace_spare()
+        elif kind == "define":
+            _, name, data = message
+            DEFINITIONS[name] = pickle.loads(data)
+            self.replace_spare()
+        elif kind == "run":
+            _, key, payload = message
+            if self.spare is None:
+                self.fork_spare()
+            pid, payload_fd = self.spare  # type: ignore[misc]
+            self.spare = None
+            data = memoryview(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+            try:
+                while data:
+                    data = data[os.write(payload_fd, data) :]
+            finally:
+                os.close(payload_fd)
+            self.children[pid] = key
+            self.channel.send(("started", key, pid))
+            self.fork_spare()
+
+    def fork_spare(self) -> None:
+        payload_r, payload_w = os.pipe()
+        pid = os.fork()
         if pid == 0:
-            return
-        key = children.pop(pid, None)
-        if key is not None:
-            channel.send(("exited", key, pid, os.waitstatus_to_exitcode(status)))
+            os.close(payload_w)
+            _run_spare(self.handler, payload_r, self.channel, self.wake)
+        os.close(payload_r)
+        self.spare = (pid, payload_w)
+
+    def replace_spare(self) -> None:
+        if self.spare is not None:
+            os.close(self.spare[1])  # end of file: the spare exits without running anything
+            self.spare = None
+        self.fork_spare()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            key = self.children.pop(pid, None)
+            if key is not None:  # not a spare that was sent away
+                self.channel.send(("exited", key, pid, os.waitstatus_to_exitcode(status)))
+
+    def stop(self) -> None:
+        if self.spare is not None:
+            os.close(self.spare[1])
+            self.spare = None
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
-def _fork_child(handler: Callable[[Any], int], payload: Any, channel: Channel, wake) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    # In the task process: drop everything of the server's.
+def _run_spare(handler: Callable[[Any], int], payload_fd: int, channel: Channel, wake) -> None:
+    """In a spare: drop everything of the server's, wait for a payload, run it, exit."""
     code = 1
     try:
         signal.set_wakeup_fd(-1)
@@ -180,7 +223,15 @@ def _fork_child(handler: Callable[[Any], int], payload: Any, channel: Channel, w
         channel.close()
         for fd in wake:
             os.close(fd)
-        code = handler(payload)
+        chunks = []
+        while True:
+            chunk = os.read(payload_fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(payload_fd)
+        # no payload at all: the spare was sent away unused
+        code = handler(pickle.loads(b"".join(chunks))) if chunks else 0
     except BaseException:  # never let a task process return into the server loop
         try:
             import traceback
