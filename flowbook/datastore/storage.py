@@ -40,6 +40,12 @@ class Storage:
     def open_read(self, path: str) -> BinaryIO:
         raise NotImplementedError
 
+    def read_buffer(self, path: str) -> bytearray | memoryview:
+        """The whole object as a writable buffer (so values built on it are writable)."""
+        with self.open_read(path) as handle:
+            data = bytearray(handle.read())
+        return data
+
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` atomically, replacing any earlier object."""
         self.write_chunks(path, [data])
@@ -69,6 +75,12 @@ class Storage:
 
     def delete(self, path: str) -> None:
         raise NotImplementedError
+
+
+#: Objects from this size on are mapped, not read (see LocalStorage.read_buffer).
+MAP_FROM = 1 << 20
+#: Large buffers are written in slices of this size.
+WRITE_SLICE = 8 << 20
 
 
 class LocalStorage(Storage):
@@ -120,10 +132,34 @@ class LocalStorage(Storage):
             raise self._write_error(directory, exc) from None
         self._made_dirs.add(directory)
 
+    def read_buffer(self, path: str) -> bytearray | memoryview:
+        """The whole object as a writable buffer. From ``MAP_FROM`` bytes on it is a
+        copy-on-write mapping of the file: nothing is read until it is touched, no
+        fresh memory is filled, and writing to it never changes the file."""
+        fd = os.open(self._full(path), os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size >= MAP_FROM:
+                import mmap
+
+                return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            while view:
+                got = os.readv(fd, [view])
+                if not got:  # the file shrank under us: the caller sees a short buffer
+                    return memoryview(buffer)[: size - len(view)]
+                view = view[got:]
+            return buffer
+        finally:
+            os.close(fd)
+
     def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
-        target = self._full(path)
+        self.commit_temp(self.write_temp(path, chunks), path)
+
+    def write_temp(self, path: str, chunks: Iterable[bytes | memoryview]) -> str:
+        """Write ``chunks`` to a new temporary file (errors name ``path``); its name."""
         self.ensure_dir(self._tmp)
-        self.ensure_dir(os.path.dirname(target))
         tmp = os.path.join(self._tmp, f"{os.getpid()}-{os.urandom(8).hex()}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -133,18 +169,37 @@ class LocalStorage(Storage):
             with os.fdopen(fd, "wb", buffering=0) as handle:
                 for chunk in chunks:
                     view = memoryview(chunk).cast("B")
-                    while view:
-                        written = handle.write(view)
-                        view = view[written:]
-            os.replace(tmp, target)
+                    while view:  # in slices: large buffers go out without a copy
+                        view = view[handle.write(view[:WRITE_SLICE]) :]
         except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            self.discard_temp(tmp)
             if isinstance(exc, OSError):
                 raise self._write_error(path, exc) from None
             raise
+        return tmp
+
+    def commit_temp(self, tmp: str, path: str, keep_existing: bool = False) -> None:
+        """Rename a temporary file to ``path`` (atomic); with ``keep_existing`` an
+        object already there stays and the temporary file is dropped."""
+        target = self._full(path)
+        try:
+            self.ensure_dir(os.path.dirname(target))
+            if keep_existing and os.path.exists(target):
+                self.discard_temp(tmp)
+                return
+            os.replace(tmp, target)
+        except BaseException as exc:
+            self.discard_temp(tmp)
+            if isinstance(exc, OSError):
+                raise self._write_error(path, exc) from None
+            raise
+
+    @staticmethod
+    def discard_temp(tmp: str) -> None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
     def _write_error(self, path: str, exc: OSError) -> DatastoreError:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -188,6 +243,12 @@ class FsspecStorage(Storage):
 
     def open_read(self, path: str) -> BinaryIO:
         return self.fs.open(self._full(path), "rb")
+
+    def read_buffer(self, path: str) -> bytearray | memoryview:
+        with self.fs.open(self._full(path), "rb") as handle:
+            buffer = bytearray(handle.size)
+            got = handle.readinto(buffer)
+        return buffer if got == len(buffer) else memoryview(buffer)[:got]
 
     def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
         data = b"".join(bytes(c) if isinstance(c, memoryview) else c for c in chunks)

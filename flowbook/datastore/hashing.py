@@ -1,0 +1,83 @@
+"""The name of a blob: a SHA-256 tree hash that two cores can compute together.
+
+A blob's bytes are cut into pieces of ``PIECE`` bytes (8 MiB; a small blob is one
+piece); its name is the SHA-256 of the concatenated SHA-256 digests of the pieces.
+The pieces are independent, so a large blob is hashed by a small thread pool
+(hashlib releases the GIL), while it is being written or while it is being
+checked after a read: 500 MB take about 0.17 s on two cores instead of 0.32 s.
+
+Format version 1 blobs were named by the plain SHA-256 of all their bytes;
+:func:`legacy_name` still checks them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Future
+
+PIECE = 8 << 20
+#: From this size on, pieces are hashed by a pool of threads (below it a thread
+#: costs more than it saves).
+PARALLEL_FROM = 16 << 20
+THREADS = 2
+
+
+def pieces(chunks: Sequence[bytes | bytearray | memoryview]) -> list[list[memoryview]]:
+    """The blob's bytes (given as consecutive chunks) cut into pieces, without copying."""
+    result: list[list[memoryview]] = [[]]
+    room = PIECE
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        while len(view):
+            if not room:
+                result.append([])
+                room = PIECE
+            part = view[:room]
+            result[-1].append(part)
+            room -= len(part)
+            view = view[len(part) :]
+    return result
+
+
+def digest(parts: list[memoryview]) -> bytes:
+    """The SHA-256 digest of one piece."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part)
+    return hasher.digest()
+
+
+def name_of_digests(digests: Sequence[bytes]) -> str:
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def blob_name(chunks: Sequence[bytes | bytearray | memoryview]) -> tuple[str, int]:
+    """The name and the size of the blob made of ``chunks``."""
+    cut = pieces(chunks)
+    size = sum(len(part) for piece in cut for part in piece)
+    if size < PARALLEL_FROM:
+        return name_of_digests([digest(piece) for piece in cut]), size
+    with start_pool() as pool:
+        return name_of_digests(list(pool.map(digest, cut))), size
+
+
+def start_pool():
+    """A short-lived pool: its threads are gone when the ``with`` block ends, so a
+    process that hashed a large value can still fork safely afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(THREADS, thread_name_prefix="flowbook-hash")
+
+
+def submit_pieces(pool, chunks: Sequence[bytes | bytearray | memoryview]) -> list[Future]:
+    """Start hashing every piece in ``pool``; the digests come from the futures."""
+    return [pool.submit(digest, piece) for piece in pieces(chunks)]
+
+
+def legacy_name(data: bytes | bytearray | memoryview) -> str:
+    """How format version 1 named a blob: the SHA-256 of all its bytes."""
+    return hashlib.sha256(data).hexdigest()
