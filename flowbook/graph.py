@@ -13,11 +13,15 @@ violation raises one :class:`~flowbook.exceptions.GraphError` naming the steps.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
 
 from .exceptions import GraphError
+from .graph_cache import GraphCache
 from .plain import Plain
+
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    import ast
 
 #: A split frame: (split step name, branch name); the branch is "" for a foreach.
 Frame = tuple[str, str]
@@ -113,11 +117,12 @@ class FlowGraph:
     @classmethod
     def from_flow_class(cls, flow_cls: type) -> FlowGraph:
         """Parse the steps of a FlowSpec subclass and their ``self.next`` calls."""
-        nodes = []
-        parsed: dict[str, ast.Module | None] = {}
-        for attr_name in _step_attribute_names(flow_cls):
-            func = getattr(flow_cls, attr_name)
-            nodes.append(_node_from_function(flow_cls.__name__, attr_name, func, parsed))
+        sources = _StepSources()
+        nodes = [
+            _node_from_function(flow_cls.__name__, attr_name, getattr(flow_cls, attr_name), sources)
+            for attr_name in _step_attribute_names(flow_cls)
+        ]
+        sources.cache.save()
         return cls(flow_cls.__name__, nodes)
 
     def apply_decospecs(self, specs: list) -> None:
@@ -351,26 +356,47 @@ def _step_attribute_names(flow_cls: type) -> list[str]:
     return names
 
 
-def _node_from_function(
-    flow_name: str, step_name: str, func, parsed: dict[str, ast.Module | None]
-) -> StepNode:
+class _StepSources:
+    """What the step functions' sources say, read once per file: from the graph
+    cache (graph_cache.py) when the file has not changed, else parsed with ``ast``."""
+
+    def __init__(self) -> None:
+        self.cache = GraphCache()
+        self.trees: dict[str, ast.Module | None] = {}
+
+    def shape(self, flow_name: str, step_name: str, func) -> list | None:
+        """[number of parameters, next steps, foreach] of a step function, or None
+        when its source cannot be found."""
+        code = func.__code__
+        where = (code.co_filename, func.__name__, code.co_firstlineno)
+        shape = self.cache.get(*where)
+        if shape is None:
+            func_def = _find_function_def(*where, self.trees)
+            if func_def is None:
+                return None
+            out_funcs, foreach = _read_transitions(flow_name, step_name, func_def, 1)
+            shape = [len(func_def.args.args), out_funcs, foreach]
+            self.cache.put(*where, shape)
+        return shape
+
+
+def _node_from_function(flow_name: str, step_name: str, func, sources: _StepSources) -> StepNode:
     while hasattr(func, "__wrapped__"):  # a decorator that used functools.wraps
         func = func.__wrapped__
     code = func.__code__
-    func_def = _find_function_def(code.co_filename, func.__name__, code.co_firstlineno, parsed)
-    if func_def is None:
+    shape = sources.shape(flow_name, step_name, func)
+    if shape is None:
         raise GraphError(
             f"Flow {flow_name}: cannot read the source of step '{step_name}' "
             f"({code.co_filename}, line {code.co_firstlineno}); "
             "flowbook reads self.next(...) from the source."
         )
-    params = [a.arg for a in func_def.args.args]
-    out_funcs, foreach = _read_transitions(flow_name, step_name, func_def, 1)
+    param_count, out_funcs, foreach = shape
     return StepNode(
         name=step_name,
-        out_funcs=out_funcs,
+        out_funcs=list(out_funcs),
         foreach=foreach,
-        is_join=len(params) >= 2,
+        is_join=param_count >= 2,
         doc=_clean_doc(func.__doc__),
         lineno=code.co_firstlineno,
         source_file=code.co_filename,
@@ -384,6 +410,8 @@ def _find_function_def(
     """The ``def`` of function ``name`` whose code starts at ``first_line`` (its first
     decorator, or the def itself) in ``filename``, read through linecache, which also
     knows the sources a notebook registers. Each file is parsed once per graph."""
+    import ast
+
     if filename not in parsed:
         import linecache
 
@@ -416,6 +444,8 @@ def _clean_doc(doc: str | None) -> str:
 def _read_transitions(
     flow_name: str, step_name: str, func_def: ast.AST, first_line: int
 ) -> tuple[list[str], str | None]:
+    import ast
+
     found: list[tuple[list[str], str | None]] = []
     for sub in ast.walk(func_def):
         if not (
