@@ -168,6 +168,8 @@ def decode(data: bytearray | memoryview, sha: str, what: str, kind: str = "blob"
     if magic not in (MAGIC, LEGACY_MAGIC) or len(view) < 8:
         raise CorruptBlobError(f"{where} (bad header).")
     (header_len,) = _LEN.unpack_from(view, 4)
+    if header_len > len(view) - 8:
+        raise CorruptBlobError(f"{where} (bad header).")
     try:
         header = _parse_header(bytes(view[8 : 8 + header_len]))
         stream_length, lengths = int(header["p"]), [int(n) for n in header["b"]]
