@@ -349,8 +349,7 @@ class NBRunner:
     def __init__(
         self, flow: type, show_output: bool = True, base_dir: str | None = None, **options: Any
     ) -> None:
-        import cloudpickle
-
+        from .datastore.pickling import dumps_code
         from .graph import FlowGraph
 
         self.flow = flow
@@ -358,7 +357,7 @@ class NBRunner:
         self._dir = tempfile.mkdtemp(prefix="flowbook-nbrunner-", dir=base_dir)
         pickled = os.path.join(self._dir, "flow.pkl")
         with open(pickled, "wb") as handle:
-            cloudpickle.dump((flow, graph), handle)
+            handle.write(dumps_code((flow, graph)))
         self.flow_file = os.path.join(self._dir, f"{flow.__name__}.py")
         with open(self.flow_file, "w") as handle:
             handle.write(_NB_FLOW_TEMPLATE.format(pickled=pickled))

@@ -82,6 +82,20 @@ def test_unpicklable_values_raise():
         pickling.dumps(threading.Lock())
 
 
+def test_code_sent_elsewhere_keeps_its_file_names():
+    namespace: dict = {}
+    source = "def outer(x):\n    def inner():\n        return 1 / x\n    return inner()\n"
+    exec(compile(source, "<step outer>", "exec"), namespace)
+    loaded = pickle.loads(pickling.dumps_code(namespace["outer"]))
+    assert loaded.__code__.co_filename == "<step outer>"
+    inner_code = next(c for c in loaded.__code__.co_consts if hasattr(c, "co_filename"))
+    assert inner_code.co_filename == "<step outer>"
+    assert loaded(4) == 0.25
+    with pytest.raises(ZeroDivisionError) as caught:
+        loaded(0)
+    assert [str(entry.path) for entry in caught.traceback[-2:]] == ["<step outer>"] * 2
+
+
 BY_VALUE_FOREACH = """
 from flowbook import FlowSpec, step
 

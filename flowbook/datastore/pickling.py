@@ -10,11 +10,17 @@ pickled by reference to a module another process cannot import; that value, or a
 value the standard pickler cannot handle at all (a lambda, a local function), is
 pickled again by cloudpickle. Both write the same protocol 5 stream, which the
 standard ``pickle.loads`` reads (importing cloudpickle only when the stream needs it).
+
+Code sent to run elsewhere (a notebook's flow class, NBRunner's class) goes through
+``dumps_code``: cloudpickle, but each code object travels as its ``marshal`` form, so
+it keeps its file name (cloudpickle 3.1.3 replaced it with ``<dynamic-code>``) and a
+traceback from the other process still points at the cell it came from.
 """
 
 from __future__ import annotations
 
 import io
+import marshal
 import pickle
 import sys
 import types
@@ -69,4 +75,23 @@ def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None
     if buffer_callback is not None:
         for buffer in collected:
             buffer_callback(buffer)
+    return stream.getvalue()
+
+
+def dumps_code(obj: Any) -> bytes:
+    """``obj`` pickled by cloudpickle, with code objects keeping their file names.
+
+    Only for the same Python version on both ends (a server or run this process
+    started), since ``marshal``'s format follows the interpreter's.
+    """
+    import cloudpickle
+
+    class CodeKeepingPickler(cloudpickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if type(obj) is types.CodeType:
+                return marshal.loads, (marshal.dumps(obj),)
+            return super().reducer_override(obj)
+
+    stream = io.BytesIO()
+    CodeKeepingPickler(stream, PROTOCOL).dump(obj)
     return stream.getvalue()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from ..datastore.pickling import dumps_code
 from ..runtime.server import DEFINITIONS, TaskServerClient
 from ..runtime.task import execute_task
 from .builder import register_source  # imported here, in the server, not in every task
@@ -30,17 +31,13 @@ class NotebookExecutor:
     """What the scheduler talks to: the kernel's server plus the current definition."""
 
     def __init__(self) -> None:
-        import cloudpickle
-
-        handler = cloudpickle.dumps(run_defined_task)
+        handler = dumps_code(run_defined_task)
         self.server = TaskServerClient.start_spawned(("pickled", handler))
         self.definition: str | None = None
         self._sent: set[str] = set()
 
     def define(self, flow_cls: type, graph: Any, sources: dict[str, str]) -> str:
-        import cloudpickle
-
-        data = cloudpickle.dumps((flow_cls, graph, sources))
+        data = dumps_code((flow_cls, graph, sources))
         name = hashlib.sha256(data).hexdigest()[:16]
         if name not in self._sent:
             self.server.define(name, data)

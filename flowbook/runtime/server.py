@@ -161,8 +161,7 @@ class _Server:
             self.replace_spare()
         elif kind == "run":
             _, key, payload = message
-            if self.spare is None:
-                self.fork_spare()
+            self.fork_spare()  # (when there is none yet)
             pid, payload_fd = self.spare  # type: ignore[misc]
             self.spare = None
             data = memoryview(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
@@ -176,6 +175,8 @@ class _Server:
             self.fork_spare()
 
     def fork_spare(self) -> None:
+        if self.spare is not None:
+            return
         payload_r, payload_w = os.pipe()
         pid = os.fork()
         if pid == 0:
