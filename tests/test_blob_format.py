@@ -143,3 +143,60 @@ def test_names_follow_the_tree_hash_for_every_size():
         b = max(a, size // 2)
         chunks = [data[:a], data[a:b], data[b:]]
         assert hashing.blob_name(chunks) == (_tree_name(data), size)
+
+
+def _blob_files(store: BlobStore) -> list:
+    root = _file(store, "00").parents[1]
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def test_a_mapped_value_left_unchanged_is_neither_hashed_nor_written_again(store, monkeypatch):
+    from flowbook.datastore.blobs import serialize
+
+    stored = store.put(np.random.default_rng(3).random(BIG), "array")
+    value, mapped = store.load(stored.sha)
+    assert mapped is not None
+    value[::4096].sum()  # reading pages does not count as changing them
+    assert mapped.holds(serialize(value))
+
+    def no_hashing(chunks):
+        raise AssertionError("hashed an unchanged mapped value")
+
+    monkeypatch.setattr(hashing, "blob_name", no_hashing)
+    again = store.put_again(value, "array", True, stored.sha, mapped)
+    assert (again.sha, again.size, again.inline) == (stored.sha, stored.size, None)
+    assert _blob_files(store) == [_file(store, stored.sha)]
+
+
+def test_a_mapped_value_changed_in_place_is_stored_anew(store):
+    from flowbook.datastore.blobs import serialize
+
+    original = np.random.default_rng(4).random(BIG)
+    stored = store.put(original, "array")
+    value, mapped = store.load(stored.sha)
+    value[BIG // 2] = -1.0  # one page becomes the task's own copy
+    assert not mapped.holds(serialize(value))
+    changed = store.put_again(value, "array", True, stored.sha, mapped)
+    assert changed.sha != stored.sha
+    assert store.get(changed.sha)[BIG // 2] == -1.0
+    assert np.array_equal(store.get(stored.sha), original)  # the parent's blob is intact
+
+    other, mapped = store.load(stored.sha)  # a new shape over the same bytes is a change too
+    other.shape = (BIG // 2, 2)
+    reshaped = store.put_again(other, "array", True, stored.sha, mapped)
+    assert reshaped.sha != stored.sha and store.get(reshaped.sha).shape == (BIG // 2, 2)
+
+
+def test_equal_bytes_the_mapping_cannot_vouch_for_are_hashed_not_written(store, monkeypatch):
+    stored = store.put(np.arange(BIG, dtype=np.float64), "array")
+    value, mapped = store.load(stored.sha)
+    files = _blob_files(store)
+    hashed = []
+    real_blob_name = hashing.blob_name
+    monkeypatch.setattr(hashing, "blob_name", lambda c: hashed.append(1) or real_blob_name(c))
+    copy = value.copy()  # the same bytes elsewhere in memory
+    again = store.put_again(copy, "array", True, stored.sha, mapped)
+    assert again.sha == stored.sha and hashed and _blob_files(store) == files
+    hashed.clear()
+    not_mapped = store.put_again(value, "array", True, stored.sha, None)  # e.g. read from S3
+    assert not_mapped.sha == stored.sha and hashed and _blob_files(store) == files

@@ -278,6 +278,60 @@ def test_in_place_change_is_a_new_version_and_old_ones_stay(run_flow, client):
     assert start["untouched"].sha == grow["untouched"].sha == end["untouched"].sha
 
 
+MUTATE_LARGE = """
+import numpy as np
+from flowbook import FlowSpec, step
+
+
+class LargeMutateFlow(FlowSpec):
+    @step
+    def start(self):
+        self.big = np.arange(5_000_000)  # 40 MB: blob files, read by mapping them
+        self.other = np.ones(3_000_000)
+        self.next(self.left, self.right)
+
+    @step
+    def left(self):
+        self.total = int(self.big.sum())  # read, not changed
+        self.other[7] = 5.0  # changed in place, never reassigned
+        self.next(self.join)
+
+    @step
+    def right(self):
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.big = inputs.right.big  # reassigned from an input, unchanged
+        self.other = inputs.left.other
+        self.total = inputs.left.total
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    LargeMutateFlow()
+"""
+
+
+def test_large_arrays_read_and_kept_are_not_stored_again(run_flow, client):
+    pytest.importorskip("numpy")
+    result = run_flow(MUTATE_LARGE, "run")
+    assert result.returncode == 0, result
+    run = client.Flow("LargeMutateFlow").latest_run
+    start, left, join, end = (run[s].task for s in ("start", "left", "join", "end"))
+    assert start["big"].sha == left["big"].sha == join["big"].sha == end["big"].sha
+    assert start["other"].sha != left["other"].sha == join["other"].sha
+    assert left.data.total == sum(range(5_000_000))
+    assert start.data.other[7] == 1.0 and end.data.other[7] == 5.0
+    blobs = [p for p in (run_flow.datastore / "blobs").rglob("*") if p.is_file()]
+    assert sorted(p.stat().st_size > 20_000_000 for p in blobs).count(True) == 3
+    assert not list((run_flow.datastore / "tmp").iterdir())
+
+
 INHERITED_FOREACH = """
 from flowbook import FlowSpec, step
 

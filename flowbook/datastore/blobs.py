@@ -67,8 +67,34 @@ def type_name(obj: Any) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
-def serialize(obj: Any, artifact_name: str = "") -> list[bytes | memoryview]:
-    """The blob's bytes as chunks, without copying large buffers."""
+class Serialized(Plain):
+    """An object as a blob, in parts: the bytes before the buffers (magic, header,
+    pickle stream) and the out-of-band buffers, which are not copied."""
+
+    def __init__(self, prefix: bytes, stream: bytes, raws: list[memoryview]) -> None:
+        self.prefix = prefix
+        self.stream = stream
+        self.raws = raws
+
+    def chunks(self) -> list[bytes | memoryview]:
+        """The blob's bytes as consecutive chunks (zero padding before each buffer)."""
+        chunks: list[bytes | memoryview] = [self.prefix, self.stream]
+        offset = len(self.prefix) + len(self.stream)
+        for raw in self.raws:
+            padding = -offset % ALIGN
+            if padding:
+                chunks.append(bytes(padding))
+            chunks.append(raw)
+            offset += padding + raw.nbytes
+        return chunks
+
+    @property
+    def size(self) -> int:
+        return sum(memoryview(chunk).nbytes for chunk in self.chunks())
+
+
+def serialize(obj: Any, artifact_name: str = "") -> Serialized:
+    """The blob of ``obj``, without copying large buffers."""
     buffers: list[pickle.PickleBuffer] = []
     try:
         stream = pickling.dumps(obj, buffer_callback=buffers.append)
@@ -86,15 +112,37 @@ def serialize(obj: Any, artifact_name: str = "") -> list[bytes | memoryview]:
         {"v": FORMAT_VERSION, "p": len(stream), "b": [r.nbytes for r in raws]},
         separators=(",", ":"),
     ).encode()
-    chunks: list[bytes | memoryview] = [MAGIC + _LEN.pack(len(header)) + header, stream]
-    offset = 8 + len(header) + len(stream)
-    for raw in raws:
-        padding = -offset % ALIGN
-        if padding:
-            chunks.append(bytes(padding))
-        chunks.append(raw)
-        offset += padding + raw.nbytes
-    return chunks
+    return Serialized(MAGIC + _LEN.pack(len(header)) + header, stream, raws)
+
+
+class MappedBlob(Plain):
+    """A blob read by mapping its file: the mapping, where the pickle stream ends,
+    and where each buffer starts in it (see ``BlobStore.unchanged``)."""
+
+    def __init__(self, view: memoryview, stream_end: int, starts: list[int]) -> None:
+        self.view = view
+        self.stream_end = stream_end
+        self.starts = starts
+
+    def holds(self, serialized: Serialized) -> bool:
+        """Whether ``serialized`` is, byte for byte, this mapped blob: the same bytes
+        up to the buffers, buffers that *are* the mapping's at the same places, and a
+        mapping no page of which was written since it was read (pagemap.py)."""
+        from . import pagemap
+
+        view = self.view
+        prefix, stream = serialized.prefix, serialized.stream
+        if len(prefix) + len(stream) != self.stream_end or len(serialized.raws) != len(self.starts):
+            return False
+        if bytes(view[: self.stream_end]) != prefix + stream:
+            return False
+        base = pagemap.address_of(view)
+        if base is None:
+            return False
+        for raw, start in zip(serialized.raws, self.starts, strict=True):
+            if raw.nbytes and pagemap.address_of(raw) != base + start:
+                return False
+        return pagemap.unwritten(base, view.nbytes) is True
 
 
 class BlobStore:
@@ -107,9 +155,17 @@ class BlobStore:
     def path(sha: str) -> str:
         return f"blobs/{sha[:2]}/{sha}"
 
-    def put(self, obj: Any, artifact_name: str = "", inline: bool = False) -> StoredBlob:
+    def put(
+        self,
+        obj: Any,
+        artifact_name: str = "",
+        inline: bool = False,
+        serialized: Serialized | None = None,
+    ) -> StoredBlob:
         """Store ``obj``; with ``inline``, a small value is returned, not written."""
-        chunks = serialize(obj, artifact_name)
+        if serialized is None:
+            serialized = serialize(obj, artifact_name)
+        chunks = serialized.chunks()
         size = sum(memoryview(chunk).nbytes for chunk in chunks)
         if inline and size <= INLINE_LIMIT:
             data = b"".join(chunks)
@@ -121,6 +177,21 @@ class BlobStore:
         if not self.storage.exists(path):
             self.storage.write_chunks(path, chunks)
         return StoredBlob(sha, size)
+
+    def put_again(
+        self, obj: Any, artifact_name: str, inline: bool, sha: str, mapped: MappedBlob | None
+    ) -> StoredBlob:
+        """Store ``obj``, which was read from the blob ``sha`` (a file, mapped or
+        not). When it is unchanged, nothing is hashed or written if its mapping shows
+        it (``MappedBlob.holds``), else it is hashed but not written again."""
+        serialized = serialize(obj, artifact_name)
+        if mapped is not None and mapped.holds(serialized):
+            return StoredBlob(sha, serialized.size)
+        chunks = serialized.chunks()
+        name, size = hashing.blob_name(chunks)
+        if name == sha and not (inline and size <= INLINE_LIMIT):
+            return StoredBlob(sha, size)
+        return self.put(obj, artifact_name, inline, serialized)
 
     def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> str:
         """A large blob: write it to a temporary file while two threads hash its
@@ -145,23 +216,46 @@ class BlobStore:
     def get(self, sha: str, what: str = "", inline: bytes | None = None) -> Any:
         """Load the object stored under ``sha`` (from ``inline`` bytes when given);
         ``what`` names it in errors."""
+        return self.load(sha, what, inline)[0]
+
+    def load(
+        self, sha: str, what: str = "", inline: bytes | None = None
+    ) -> tuple[Any, MappedBlob | None]:
+        """Like ``get``, and the mapping the value lives in when its file was mapped."""
         what = what or f"blob {sha[:12]}"
         if inline is not None:
-            return decode(bytearray(inline), sha, what, "inline blob")
+            return decode(bytearray(inline), sha, what, "inline blob"), None
         try:
             data = self.storage.read_buffer(self.path(sha))
         except FileNotFoundError:
             raise DatastoreError(
                 f"{what}: its blob {sha[:12]} is missing from datastore {self.storage.url}."
             ) from None
-        return decode(data, sha, what, "blob")
+        layout: list = []
+        value = decode(data, sha, what, "blob", layout)
+        if layout and isinstance(data, memoryview) and isinstance(data.obj, mmap_type()):
+            return value, MappedBlob(data, *layout)
+        return value, None
 
 
-def decode(data: bytearray | memoryview, sha: str, what: str, kind: str = "blob") -> Any:
+def mmap_type() -> type:
+    import mmap
+
+    return mmap.mmap
+
+
+def decode(
+    data: bytearray | memoryview,
+    sha: str,
+    what: str,
+    kind: str = "blob",
+    layout: list | None = None,
+) -> Any:
     """The value in a blob's bytes, after checking them against the blob's name.
 
     ``data`` is writable (a bytearray, or a copy-on-write mapping): arrays built on
-    it are writable, as they were when they were stored."""
+    it are writable, as they were when they were stored. ``layout``, when given,
+    receives where the pickle stream ends and where each buffer starts."""
     view = memoryview(data).cast("B")
     where = f"{what}: {kind} {sha[:12]} is corrupt"
     magic = bytes(view[:4])
@@ -181,7 +275,7 @@ def decode(data: bytearray | memoryview, sha: str, what: str, kind: str = "blob"
             f"this flowbook reads versions 1 and {FORMAT_VERSION}."
         )
     aligned = magic == MAGIC
-    offset = 8 + header_len + stream_length
+    stream_end = offset = 8 + header_len + stream_length
     starts = []
     for length in lengths:
         if aligned:
@@ -195,8 +289,10 @@ def decode(data: bytearray | memoryview, sha: str, what: str, kind: str = "blob"
     name = hashing.blob_name([view])[0] if aligned else hashing.legacy_name(view)
     if name != sha:
         raise CorruptBlobError(f"{where}: its content does not match its hash.")
-    stream = view[8 + header_len : 8 + header_len + stream_length]
+    stream = view[8 + header_len : stream_end]
     buffers = [view[start : start + length] for start, length in zip(starts, lengths, strict=True)]
+    if layout is not None and aligned:
+        layout.extend((stream_end, starts))
     try:
         return pickle.loads(stream, buffers=buffers)
     except Exception as exc:

@@ -30,7 +30,7 @@ import os
 import time
 
 from ..exceptions import CorruptBlobError
-from .blobs import BlobStore, type_name
+from .blobs import BlobStore, MappedBlob, type_name
 from .storage import Storage, open_storage
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
@@ -182,9 +182,22 @@ class Datastore:
             return ""
 
     # ---------------------------------------------------------------- artifacts
-    def store_artifact(self, value: Any, name: str, inline: bool = True) -> dict:
-        """Store one artifact; its index entry (small values travel inline in it)."""
-        stored = self.blobs.put(value, name, inline=inline)
+    def store_artifact(
+        self,
+        value: Any,
+        name: str,
+        inline: bool = True,
+        read_from: tuple[dict, MappedBlob | None] | None = None,
+    ) -> dict:
+        """Store one artifact; its index entry (small values travel inline in it).
+
+        ``read_from`` is the entry (and mapping) ``value`` was read from in this
+        task: an unchanged value is then not written again (``BlobStore.put_again``)."""
+        if read_from is not None and "inline" not in read_from[0]:
+            entry, mapped = read_from
+            stored = self.blobs.put_again(value, name, inline, entry["sha"], mapped)
+        else:
+            stored = self.blobs.put(value, name, inline=inline)
         entry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
         if stored.inline is not None:
             entry["inline"] = base64.b64encode(stored.inline).decode("ascii")
@@ -197,15 +210,19 @@ class Datastore:
             self.storage.write_bytes(self.blobs.path(entry["sha"]), base64.b64decode(inline))
 
     def load_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
+        return self.read_artifact(entry, name, pathspec)[0]
+
+    def read_artifact(self, entry: dict, name: str, pathspec: str) -> tuple[Any, MappedBlob | None]:
+        """An artifact's value, and the mapping of its blob file when it was mapped."""
         what = f"Artifact '{name}' of task {pathspec}"
         inline = entry.get("inline")
         if inline is None:
-            return self.blobs.get(entry["sha"], what=what)
+            return self.blobs.load(entry["sha"], what=what)
         try:
             data = base64.b64decode(inline, validate=True)
         except (binascii.Error, ValueError):
             raise CorruptBlobError(f"{what}: its inline value is corrupt (not base64).") from None
-        return self.blobs.get(entry["sha"], what=what, inline=data)
+        return self.blobs.load(entry["sha"], what=what, inline=data)
 
     # ---------------------------------------------------------------- helpers
     def _read_json(self, path: str) -> dict | None:

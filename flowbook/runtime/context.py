@@ -4,7 +4,8 @@ A :class:`TaskContext` lives in the task process, attached to the FlowSpec insta
 as ``_fb``. Inherited artifacts are not loaded until the step reads them; at the end
 of the step :meth:`TaskContext.collect_artifacts` builds the task's artifact index:
 new and changed values are stored as blobs, unchanged inherited ones are kept as
-references to blobs that already exist.
+references to blobs that already exist. A value read from a parent and left as it
+was is not written again (nor, when it was read by mapping its blob, even hashed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .spec import TaskSpec
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
+
+    from ..datastore.blobs import MappedBlob
 
 _NOT_LIST_LIKE = (str, bytes, bytearray, dict, set, frozenset)
 
@@ -50,7 +53,9 @@ class TaskContext:
                 k: v for k, v in parent["artifacts"].items() if k not in self.parameters
             }
             self.dropped = dict(parent.get("dropped", {}))
-        self.loaded_sha: dict[str, str] = {}
+        # id(value) -> (value, index entry, mapping) for every artifact value read
+        # from a parent: an unchanged one is not stored again (collect_artifacts)
+        self._read: dict[int, tuple[Any, dict, MappedBlob | None]] = {}
         self.transition: tuple[list[str], str | None] | None = None
         self._foreach_values: dict[str, Any] = {}
 
@@ -62,9 +67,13 @@ class TaskContext:
         entry = self.inherited.get(name)
         if entry is None:
             raise self._missing(name)
-        value = self.datastore.load_artifact(entry, name, self.pathspec)
+        value = self._read_artifact(entry, name, self.pathspec)
         obj.__dict__[name] = value
-        self.loaded_sha[name] = entry["sha"]
+        return value
+
+    def _read_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
+        value, mapped = self.datastore.read_artifact(entry, name, pathspec)
+        self._read[id(value)] = (value, entry, mapped)
         return value
 
     def _missing(self, name: str) -> MissingArtifactError:
@@ -104,7 +113,7 @@ class TaskContext:
             raise MissingArtifactError(
                 f"{self._where()}: input {parent['pathspec']} has no artifact '{name}'{hint}."
             )
-        return self.datastore.load_artifact(entry, name, parent["pathspec"])
+        return self._read_artifact(entry, name, parent["pathspec"])
 
     def make_inputs(self) -> Inputs:
         return Inputs([InputView(self, parent) for parent in self.spec.parents])
@@ -204,8 +213,10 @@ class TaskContext:
         for name, value in obj.__dict__.items():
             if name == "_fb":
                 continue
+            read = self._read.get(id(value))
+            read_from = read[1:] if read is not None and read[0] is value else None
             try:
-                index[name] = store(value, name, inline=name != as_blob)
+                index[name] = store(value, name, inline=name != as_blob, read_from=read_from)
             except ArtifactError as exc:
                 raise ArtifactError(f"{self._where()}: {exc}") from None
             self.dropped.pop(name, None)
