@@ -200,3 +200,50 @@ def test_equal_bytes_the_mapping_cannot_vouch_for_are_hashed_not_written(store, 
     hashed.clear()
     not_mapped = store.put_again(value, "array", True, stored.sha, None)  # e.g. read from S3
     assert not_mapped.sha == stored.sha and hashed and _blob_files(store) == files
+
+
+def test_the_file_its_writer_hashed_is_not_hashed_again(store, monkeypatch):
+    array = np.random.default_rng(5).random(BIG)
+    stored = store.put(array, "array")  # the large path: hashed while written
+    assert stored.file_id is not None
+    monkeypatch.setattr(hashing, "blob_name", lambda chunks: pytest.fail("hashed again"))
+    value, _ = store.load(stored.sha, file_id=stored.file_id)
+    assert np.array_equal(value, array)
+
+
+def _hash_calls(monkeypatch) -> list:
+    calls: list = []
+    real_blob_name = hashing.blob_name
+    monkeypatch.setattr(hashing, "blob_name", lambda c: calls.append(1) or real_blob_name(c))
+    return calls
+
+
+def test_a_blob_file_changed_after_its_writer_is_hashed_and_refused(store, monkeypatch):
+    import os
+
+    stored = store.put(np.random.default_rng(6).random(BIG), "array")
+    path = _file(store, stored.sha)
+    before = path.stat()
+    with open(path, "r+b") as handle:  # one byte flipped in place, same size
+        handle.seek(before.st_size // 2)
+        byte = handle.read(1)
+        handle.seek(before.st_size // 2)
+        handle.write(bytes([byte[0] ^ 1]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # and the mtime put back
+    calls = _hash_calls(monkeypatch)
+    with pytest.raises(CorruptBlobError, match="Artifact 'array'.*does not match its hash"):
+        store.load(stored.sha, what="Artifact 'array'", file_id=stored.file_id)
+    assert calls
+
+
+def test_a_blob_file_replaced_by_an_equal_copy_is_hashed_and_read(store, monkeypatch):
+    import shutil
+
+    array = np.arange(BIG, dtype=np.float64)
+    stored = store.put(array, "array")
+    path = _file(store, stored.sha)
+    shutil.copy(path, str(path) + ".copy")
+    (path.parent / (path.name + ".copy")).replace(path)  # same bytes, another file
+    calls = _hash_calls(monkeypatch)
+    value, _ = store.load(stored.sha, file_id=stored.file_id)
+    assert calls and np.array_equal(value, array)

@@ -332,6 +332,21 @@ def test_large_arrays_read_and_kept_are_not_stored_again(run_flow, client):
     assert not list((run_flow.datastore / "tmp").iterdir())
 
 
+def test_a_large_blob_edited_in_place_after_the_run_is_still_caught(run_flow, client):
+    pytest.importorskip("numpy")
+    assert run_flow(MUTATE_LARGE, "run").returncode == 0
+    start = client.Flow("LargeMutateFlow").latest_run["start"].task
+    path = run_flow.datastore / "blobs" / start["big"].sha[:2] / start["big"].sha
+    before = path.stat()
+    with open(path, "r+b") as handle:  # same size, and the modification time put back
+        handle.seek(before.st_size - 8)
+        handle.write(b"\xff" * 8)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(CorruptBlobError, match=r"Artifact 'big' of task LargeMutateFlow/"):
+        _ = start.data.big
+    assert start.data.other[7] == 1.0  # the other blob is untouched and reads fine
+
+
 INHERITED_FOREACH = """
 from flowbook import FlowSpec, step
 

@@ -53,12 +53,17 @@ if TYPE_CHECKING:
 
 
 class StoredBlob(Plain):
-    """Where ``put`` stored a value: its name, its size, and its bytes when inline."""
+    """Where ``put`` stored a value: its name, its size, its bytes when inline, and
+    the identity of the file when this put wrote it after hashing exactly those
+    bytes (see ``BlobStore.load``)."""
 
-    def __init__(self, sha: str, size: int, inline: bytes | None = None) -> None:
+    def __init__(
+        self, sha: str, size: int, inline: bytes | None = None, file_id: list | None = None
+    ) -> None:
         self.sha = sha
         self.size = size
         self.inline = inline
+        self.file_id = file_id
 
 
 def type_name(obj: Any) -> str:
@@ -171,7 +176,8 @@ class BlobStore:
             data = b"".join(chunks)
             return StoredBlob(hashing.blob_name([data])[0], size, data)
         if size >= hashing.PARALLEL_FROM and self.storage.is_local:
-            return StoredBlob(self._write_while_hashing(chunks), size)
+            sha, file_id = self._write_while_hashing(chunks)
+            return StoredBlob(sha, size, file_id=file_id)
         sha, _ = hashing.blob_name(chunks)
         path = self.path(sha)
         if not self.storage.exists(path):
@@ -193,9 +199,10 @@ class BlobStore:
             return StoredBlob(sha, size)
         return self.put(obj, artifact_name, inline, serialized)
 
-    def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> str:
+    def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> tuple[str, list | None]:
         """A large blob: write it to a temporary file while two threads hash its
-        pieces, then rename it to its name (or drop it if that blob exists)."""
+        pieces, then rename it to its name (or drop it if that blob exists). Its
+        name, and the identity of the file when this call wrote it."""
         storage = self.storage
         with hashing.start_pool() as pool:
             futures = hashing.submit_pieces(pool, chunks)
@@ -210,8 +217,8 @@ class BlobStore:
             except BaseException:
                 storage.discard_temp(tmp)
                 raise
-        storage.commit_temp(tmp, self.path(sha), keep_existing=True)
-        return sha
+        file_id = storage.commit_temp(tmp, self.path(sha), keep_existing=True, identify=True)
+        return sha, file_id
 
     def get(self, sha: str, what: str = "", inline: bytes | None = None) -> Any:
         """Load the object stored under ``sha`` (from ``inline`` bytes when given);
@@ -219,20 +226,31 @@ class BlobStore:
         return self.load(sha, what, inline)[0]
 
     def load(
-        self, sha: str, what: str = "", inline: bytes | None = None
+        self,
+        sha: str,
+        what: str = "",
+        inline: bytes | None = None,
+        file_id: list | None = None,
     ) -> tuple[Any, MappedBlob | None]:
-        """Like ``get``, and the mapping the value lives in when its file was mapped."""
+        """Like ``get``, and the mapping the value lives in when its file was mapped.
+
+        The bytes are checked against ``sha`` unless the file is still the very file
+        its writer hashed as it wrote it: ``file_id`` is the identity the writer
+        recorded (``StoredBlob.file_id``), and any later change to the file (a
+        rewrite, a replacement, an edit that restores its modification time) gives
+        it another identity, so it is checked."""
         what = what or f"blob {sha[:12]}"
         if inline is not None:
             return decode(bytearray(inline), sha, what, "inline blob"), None
         try:
-            data = self.storage.read_buffer(self.path(sha))
+            data, found_id = self.storage.read_buffer_and_identity(self.path(sha))
         except FileNotFoundError:
             raise DatastoreError(
                 f"{what}: its blob {sha[:12]} is missing from datastore {self.storage.url}."
             ) from None
         layout: list = []
-        value = decode(data, sha, what, "blob", layout)
+        verify = file_id is None or found_id != list(file_id)
+        value = decode(data, sha, what, "blob", layout, verify)
         if layout and isinstance(data, memoryview) and isinstance(data.obj, mmap_type()):
             return value, MappedBlob(data, *layout)
         return value, None
@@ -250,8 +268,10 @@ def decode(
     what: str,
     kind: str = "blob",
     layout: list | None = None,
+    verify: bool = True,
 ) -> Any:
-    """The value in a blob's bytes, after checking them against the blob's name.
+    """The value in a blob's bytes, after checking them against the blob's name
+    (unless ``verify`` is false: the caller knows they are the bytes that were hashed).
 
     ``data`` is writable (a bytearray, or a copy-on-write mapping): arrays built on
     it are writable, as they were when they were stored. ``layout``, when given,
@@ -286,9 +306,10 @@ def decode(
         raise CorruptBlobError(f"{where} (truncated).")
     if len(view) > offset:
         raise CorruptBlobError(f"{where} (trailing bytes).")
-    name = hashing.blob_name([view])[0] if aligned else hashing.legacy_name(view)
-    if name != sha:
-        raise CorruptBlobError(f"{where}: its content does not match its hash.")
+    if verify:
+        name = hashing.blob_name([view])[0] if aligned else hashing.legacy_name(view)
+        if name != sha:
+            raise CorruptBlobError(f"{where}: its content does not match its hash.")
     stream = view[8 + header_len : stream_end]
     buffers = [view[start : start + length] for start, length in zip(starts, lengths, strict=True)]
     if layout is not None and aligned:

@@ -193,14 +193,20 @@ class Datastore:
 
         ``read_from`` is the entry (and mapping) ``value`` was read from in this
         task: an unchanged value is then not written again (``BlobStore.put_again``)."""
+        file_id = None
         if read_from is not None and "inline" not in read_from[0]:
-            entry, mapped = read_from
-            stored = self.blobs.put_again(value, name, inline, entry["sha"], mapped)
+            previous = read_from[0]
+            stored = self.blobs.put_again(value, name, inline, previous["sha"], read_from[1])
+            if stored.sha == previous["sha"]:
+                file_id = previous.get("file_id")  # the same file: still the writer's
         else:
             stored = self.blobs.put(value, name, inline=inline)
         entry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
         if stored.inline is not None:
             entry["inline"] = base64.b64encode(stored.inline).decode("ascii")
+        file_id = stored.file_id or file_id
+        if file_id is not None:
+            entry["file_id"] = file_id
         return entry
 
     def ensure_blob(self, entry: dict) -> None:
@@ -217,7 +223,7 @@ class Datastore:
         what = f"Artifact '{name}' of task {pathspec}"
         inline = entry.get("inline")
         if inline is None:
-            return self.blobs.load(entry["sha"], what=what)
+            return self.blobs.load(entry["sha"], what=what, file_id=entry.get("file_id"))
         try:
             data = base64.b64decode(inline, validate=True)
         except (binascii.Error, ValueError):

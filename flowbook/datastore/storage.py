@@ -46,6 +46,11 @@ class Storage:
             data = bytearray(handle.read())
         return data
 
+    def read_buffer_and_identity(self, path: str) -> tuple[bytearray | memoryview, list | None]:
+        """``read_buffer``, and the identity of the file it read (see ``file_identity``)
+        where the storage has files."""
+        return self.read_buffer(path), None
+
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` atomically, replacing any earlier object."""
         self.write_chunks(path, [data])
@@ -75,6 +80,14 @@ class Storage:
 
     def delete(self, path: str) -> None:
         raise NotImplementedError
+
+
+def file_identity(status: os.stat_result) -> list:
+    """What tells one version of a file from another: device, inode, size, and the
+    modification and change times in nanoseconds. Rewriting a file, replacing it,
+    or even restoring its modification time afterwards changes it (the change time
+    cannot be set)."""
+    return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
 
 
 #: Objects from this size on are mapped, not read (see LocalStorage.read_buffer).
@@ -136,21 +149,26 @@ class LocalStorage(Storage):
         """The whole object as a writable buffer. From ``MAP_FROM`` bytes on it is a
         copy-on-write mapping of the file: nothing is read until it is touched, no
         fresh memory is filled, and writing to it never changes the file."""
+        return self.read_buffer_and_identity(path)[0]
+
+    def read_buffer_and_identity(self, path: str) -> tuple[bytearray | memoryview, list]:
         fd = os.open(self._full(path), os.O_RDONLY)
         try:
-            size = os.fstat(fd).st_size
+            status = os.fstat(fd)
+            identity = file_identity(status)
+            size = status.st_size
             if size >= MAP_FROM:
                 import mmap
 
-                return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY))
+                return memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_COPY)), identity
             buffer = bytearray(size)
             view = memoryview(buffer)
             while view:
                 got = os.readv(fd, [view])
                 if not got:  # the file shrank under us: the caller sees a short buffer
-                    return memoryview(buffer)[: size - len(view)]
+                    return memoryview(buffer)[: size - len(view)], identity
                 view = view[got:]
-            return buffer
+            return buffer, identity
         finally:
             os.close(fd)
 
@@ -178,16 +196,20 @@ class LocalStorage(Storage):
             raise
         return tmp
 
-    def commit_temp(self, tmp: str, path: str, keep_existing: bool = False) -> None:
+    def commit_temp(
+        self, tmp: str, path: str, keep_existing: bool = False, identify: bool = False
+    ) -> list | None:
         """Rename a temporary file to ``path`` (atomic); with ``keep_existing`` an
-        object already there stays and the temporary file is dropped."""
+        object already there stays and the temporary file is dropped. With
+        ``identify``, the identity of the file now at ``path`` when it is this one."""
         target = self._full(path)
         try:
             self.ensure_dir(os.path.dirname(target))
             if keep_existing and os.path.exists(target):
                 self.discard_temp(tmp)
-                return
+                return None
             os.replace(tmp, target)
+            return file_identity(os.stat(target)) if identify else None
         except BaseException as exc:
             self.discard_temp(tmp)
             if isinstance(exc, OSError):
