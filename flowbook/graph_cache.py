@@ -12,11 +12,10 @@ parsed without error are kept, so a broken step is reported on every run.
 
 from __future__ import annotations
 
-import json
 import os
 from binascii import crc32
 
-from . import __version__
+from . import __version__, jsonio
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ class GraphCache:
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(tmp, "w") as handle:
-                    json.dump(entry, handle, separators=(",", ":"))
+                    handle.write(jsonio.dumps(entry))
                 os.replace(tmp, path)
             except OSError:
                 try:
@@ -82,7 +81,7 @@ def _load(filename: str) -> dict[str, Any] | None:
     key = {"v": 1, "flowbook": __version__, "size": len(source), "crc32": crc32(source)}
     try:
         with open(_cache_path(filename), "rb") as handle:
-            cached = json.loads(handle.read())
+            cached = jsonio.loads(handle.read())
         if cached.get("key") == key and isinstance(cached.get("steps"), dict):
             return cached
     except (OSError, ValueError):

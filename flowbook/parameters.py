@@ -9,10 +9,10 @@ parameter. Parameters are stored as artifacts of the run and cannot be assigned.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 
+from . import jsonio
 from .exceptions import ParameterError
 from .plain import Plain
 
@@ -182,7 +182,7 @@ def _infer_type(default: Any) -> Any:
 
 def _convert(kind: Any, value: Any) -> Any:
     if kind is JSONType:
-        return json.loads(value) if isinstance(value, (str, bytes)) else value
+        return jsonio.loads(value) if isinstance(value, (str, bytes)) else value
     if kind is bool:
         if isinstance(value, bool):
             return value

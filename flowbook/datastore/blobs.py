@@ -30,13 +30,13 @@ writes no blob file at all, and a reader of 1000 tasks opens no blob file.
 from __future__ import annotations
 
 import functools
-import json
-import pickle
 import struct
 
+from .. import jsonio
 from ..exceptions import ArtifactError, CorruptBlobError, DatastoreError
 from ..plain import Plain
 from . import hashing, pickling
+from .pickling import cpickle
 from .storage import Storage
 
 MAGIC = b"FBK2"
@@ -100,7 +100,7 @@ class Serialized(Plain):
 
 def serialize(obj: Any, artifact_name: str = "") -> Serialized:
     """The blob of ``obj``, without copying large buffers."""
-    buffers: list[pickle.PickleBuffer] = []
+    buffers: list[cpickle.PickleBuffer] = []
     try:
         stream = pickling.dumps(obj, buffer_callback=buffers.append)
         raws = [buf.raw() for buf in buffers]
@@ -113,9 +113,8 @@ def serialize(obj: Any, artifact_name: str = "") -> Serialized:
             f"Cannot store {what} of type {type_name(obj)}: it cannot be pickled "
             f"({type(exc).__name__}: {exc})."
         ) from None
-    header = json.dumps(
-        {"v": FORMAT_VERSION, "p": len(stream), "b": [r.nbytes for r in raws]},
-        separators=(",", ":"),
+    header = jsonio.dumps(
+        {"v": FORMAT_VERSION, "p": len(stream), "b": [r.nbytes for r in raws]}
     ).encode()
     return Serialized(MAGIC + _LEN.pack(len(header)) + header, stream, raws)
 
@@ -315,7 +314,7 @@ def decode(
     if layout is not None and aligned:
         layout.extend((stream_end, starts))
     try:
-        return pickle.loads(stream, buffers=buffers)
+        return cpickle.loads(stream, buffers=buffers)
     except Exception as exc:
         raise ArtifactError(
             f"{what} cannot be unpickled here ({type(exc).__name__}: {exc})."
@@ -326,4 +325,4 @@ def decode(
 def _parse_header(header: bytes) -> dict:
     """Small blobs share a handful of headers (``{"v":2,"p":5,"b":[]}``): parse each once.
     (The cached dict is shared: callers only read it.)"""
-    return json.loads(header)
+    return jsonio.loads(header)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import marshal
-import pickle
 import sys
 import types
 from collections.abc import Callable
@@ -29,6 +28,11 @@ from collections.abc import Callable
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
+
+try:  # the C pickler that pickle.py wraps: pickle.py itself imports re, ~5 ms here
+    import _pickle as cpickle
+except ImportError:  # pragma: no cover - not CPython
+    import pickle as cpickle
 
 PROTOCOL = 5
 
@@ -51,19 +55,19 @@ def _importable_elsewhere(obj: Any) -> bool:
     return found is obj
 
 
-class _ReferencePickler(pickle.Pickler):
+class _ReferencePickler(cpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (type, types.FunctionType)) and not _importable_elsewhere(obj):
             raise _NeedsValue
         return NotImplemented
 
 
-def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
+def dumps(obj: Any, buffer_callback: Callable[[cpickle.PickleBuffer], Any] | None = None) -> bytes:
     """``obj`` as a protocol 5 pickle stream; large buffers go to ``buffer_callback``.
 
     Raises what cloudpickle raises for a value that cannot be pickled at all.
     """
-    collected: list[pickle.PickleBuffer] = []
+    collected: list[cpickle.PickleBuffer] = []
     stream = io.BytesIO()
     out_of_band = collected.append if buffer_callback is not None else None
     try:

@@ -23,12 +23,11 @@ final record of every task of a step is gathered into one object and a reader of
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 import os
 import time
 
+from .. import jsonio
 from ..exceptions import CorruptBlobError
 from .blobs import BlobStore, MappedBlob, type_name
 from .storage import Storage, open_storage
@@ -38,8 +37,18 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+def _from_base64(text: str) -> bytes:
+    """Strict base64 decoding (``base64`` itself imports ``re``)."""
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except TypeError:  # Python 3.10 has no strict mode
+        import base64
+
+        return base64.b64decode(text, validate=True)
+
+
 def _dumps(record: dict) -> bytes:
-    return json.dumps(record, separators=(",", ":"), default=str).encode()
+    return jsonio.dumps(record, default=str).encode()
 
 
 class Datastore:
@@ -203,7 +212,7 @@ class Datastore:
             stored = self.blobs.put(value, name, inline=inline)
         entry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
         if stored.inline is not None:
-            entry["inline"] = base64.b64encode(stored.inline).decode("ascii")
+            entry["inline"] = binascii.b2a_base64(stored.inline, newline=False).decode("ascii")
         file_id = stored.file_id or file_id
         if file_id is not None:
             entry["file_id"] = file_id
@@ -213,7 +222,7 @@ class Datastore:
         """Give an inline artifact its blob file too, so its hash alone finds it."""
         inline = entry.get("inline")
         if inline is not None and not self.storage.exists(self.blobs.path(entry["sha"])):
-            self.storage.write_bytes(self.blobs.path(entry["sha"]), base64.b64decode(inline))
+            self.storage.write_bytes(self.blobs.path(entry["sha"]), _from_base64(inline))
 
     def load_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
         return self.read_artifact(entry, name, pathspec)[0]
@@ -225,7 +234,7 @@ class Datastore:
         if inline is None:
             return self.blobs.load(entry["sha"], what=what, file_id=entry.get("file_id"))
         try:
-            data = base64.b64decode(inline, validate=True)
+            data = _from_base64(inline)
         except (binascii.Error, ValueError):
             raise CorruptBlobError(f"{what}: its inline value is corrupt (not base64).") from None
         return self.blobs.load(entry["sha"], what=what, inline=data)
@@ -238,4 +247,4 @@ class Datastore:
             return None
         except OSError:
             return None
-        return json.loads(data)
+        return jsonio.loads(data)

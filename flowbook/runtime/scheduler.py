@@ -11,14 +11,18 @@ usable by ``resume``), then the run is marked failed.
 
 from __future__ import annotations
 
-import json
 import os
 import select
-import signal
 import time
+
+try:  # the functions signal.py wraps; signal.py imports enum (~2 ms) for its names
+    import _signal as signals
+except ImportError:  # pragma: no cover - not CPython
+    import signal as signals
 from collections import deque
 from collections.abc import Callable
 
+from .. import jsonio
 from ..datastore import Datastore
 from ..decorators import step_settings
 from ..graph import FlowGraph
@@ -204,7 +208,7 @@ class Scheduler:
         for task in self.running.values():
             if task.deadline and not task.timed_out and now > task.deadline and task.pid:
                 task.timed_out = True
-                _kill_group(task.pid, signal.SIGKILL)
+                _kill_group(task.pid, signals.SIGKILL)
 
     def _handle_event(self, event: tuple) -> None:
         kind, task_id = event[0], event[1]
@@ -330,6 +334,8 @@ class Scheduler:
         if task.timed_out:
             reason = f"timed out after {settings['timeout']:g} s (@timeout)"
         elif code < 0:
+            import signal  # only to name the signal
+
             try:
                 reason = f"killed by signal {signal.Signals(-code).name}"
             except ValueError:
@@ -435,7 +441,7 @@ class Scheduler:
             self.queue.append(PendingTask(step, self._new_task_id(), parents, stack))
             return
         top = stack[-1]
-        key = (step, top["step"], top["task"], json.dumps(stack[:-1], sort_keys=True))
+        key = (step, top["step"], top["task"], jsonio.dumps(stack[:-1], sort_keys=True))
         slot = top["index"] if top["kind"] == "foreach" else top["branch"]
         arrivals = self.joins.setdefault(key, {})
         arrivals[slot] = parent
@@ -452,7 +458,7 @@ class Scheduler:
     # ------------------------------------------------------------ stopping
     def _terminate_running(self, grace: float = 3.0) -> None:
         for pid in [t.pid for t in self.running.values() if t.pid]:
-            _kill_group(pid, signal.SIGTERM)
+            _kill_group(pid, signals.SIGTERM)
         deadline = time.time() + grace
         while self.running and time.time() < deadline:
             readable, _, _ = select.select([self.executor], [], [], 0.05)
@@ -467,7 +473,7 @@ class Scheduler:
                         self._tail_logs(task, final=True)
         for task in self.running.values():
             if task.pid:
-                _kill_group(task.pid, signal.SIGKILL)
+                _kill_group(task.pid, signals.SIGKILL)
 
 
 def _kill_group(pid: int, sig: int) -> None:

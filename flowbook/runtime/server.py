@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import select
-import signal
 import struct
 import sys
 from collections.abc import Callable
+
+from ..datastore.pickling import PROTOCOL, cpickle
+
+try:  # the functions signal.py wraps; signal.py imports enum (~2 ms) for its names
+    import _signal as signals
+except ImportError:  # pragma: no cover - not CPython
+    import signal as signals
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -60,7 +65,7 @@ class Channel:
         return self.read_fd
 
     def send(self, message: Any) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = cpickle.dumps(message, protocol=PROTOCOL)
         view = memoryview(_LEN.pack(len(data)) + data)
         while view:
             view = view[os.write(self.write_fd, view) :]
@@ -79,7 +84,7 @@ class Channel:
             (length,) = _LEN.unpack_from(self._buffer)
             if len(self._buffer) < 4 + length:
                 break
-            messages.append(pickle.loads(bytes(self._buffer[4 : 4 + length])))
+            messages.append(cpickle.loads(bytes(self._buffer[4 : 4 + length])))
             del self._buffer[: 4 + length]
         return messages
 
@@ -96,12 +101,12 @@ def serve(channel: Channel, handler: Callable[[Any], int], pending: list | None 
     import gc
 
     gc.freeze()  # keep the collector from touching (and copying) the server's pages in tasks
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the scheduler's to handle
+    signals.signal(signals.SIGINT, signals.SIG_IGN)  # Ctrl-C is the scheduler's to handle
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signals.signal(signals.SIGCHLD, lambda *_: None)
+    signals.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
     server = _Server(channel, handler, (wake_r, wake_w))
     try:
         for message in pending or []:
@@ -157,14 +162,14 @@ class _Server:
             self.replace_spare()
         elif kind == "define":
             _, name, data = message
-            DEFINITIONS[name] = pickle.loads(data)
+            DEFINITIONS[name] = cpickle.loads(data)
             self.replace_spare()
         elif kind == "run":
             _, key, payload = message
             self.fork_spare()  # (when there is none yet)
             pid, payload_fd = self.spare  # type: ignore[misc]
             self.spare = None
-            data = memoryview(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
+            data = memoryview(cpickle.dumps(payload, protocol=PROTOCOL))
             try:
                 while data:
                     data = data[os.write(payload_fd, data) :]
@@ -209,7 +214,7 @@ class _Server:
             self.spare = None
         for pid in self.children:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signals.SIGKILL)
             except ProcessLookupError:
                 pass
 
@@ -218,9 +223,9 @@ def _run_spare(handler: Callable[[Any], int], payload_fd: int, channel: Channel,
     """In a spare: drop everything of the server's, wait for a payload, run it, exit."""
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signals.set_wakeup_fd(-1)
+        signals.signal(signals.SIGCHLD, signals.SIG_DFL)
+        signals.signal(signals.SIGINT, signals.default_int_handler)
         channel.close()
         for fd in wake:
             os.close(fd)
@@ -232,7 +237,7 @@ def _run_spare(handler: Callable[[Any], int], payload_fd: int, channel: Channel,
             chunks.append(chunk)
         os.close(payload_fd)
         # no payload at all: the spare was sent away unused
-        code = handler(pickle.loads(b"".join(chunks))) if chunks else 0
+        code = handler(cpickle.loads(b"".join(chunks))) if chunks else 0
     except BaseException:  # never let a task process return into the server loop
         try:
             import traceback
@@ -347,7 +352,7 @@ class TaskServerClient:
 def _handler_from_init(init: tuple) -> Callable[[Any], int]:
     kind = init[0]
     if kind == "pickled":
-        return pickle.loads(init[1])
+        return cpickle.loads(init[1])
     if kind == "file":
         _, path, class_name, decospecs = init
         from ..cli.main import load_flow_class

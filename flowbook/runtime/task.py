@@ -26,12 +26,16 @@ TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from typing import Any
 
+#: Modules the run path imports only when a value needs them (cloudpickle: see
+#: datastore/pickling.py; hashlib: see datastore/hashing.py).
+LAZY_MODULES = ("cloudpickle", "hashlib")
+
 _FLOWBOOK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
 def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
     """Run the attempt described by ``spec``; return the process exit code."""
-    cloudpickle_was_warm = "cloudpickle" in sys.modules  # imported by the server?
+    cold = [name for name in LAZY_MODULES if name not in sys.modules]
     os.setpgid(0, 0)  # the task leads a process group: a timeout kills its children too
     _redirect_output(spec)
     datastore = Datastore(spec.datastore_url)
@@ -111,10 +115,11 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
         )
         exit_code = 1
     record["finished_at"] = time.time()
-    if "cloudpickle" in sys.modules and not cloudpickle_was_warm:
-        # this task needed it (see datastore/pickling.py): the scheduler has the server
-        # import it, so that later tasks start with it
-        record["warm"] = ["cloudpickle"]
+    needed = [name for name in cold if name in sys.modules]
+    if needed:
+        # this task needed them: the scheduler has the server import them, so that
+        # later tasks start with them
+        record["warm"] = needed
     _flush_output()
     if not datastore.storage.is_local:
         _upload_logs(datastore, spec)
