@@ -203,19 +203,17 @@ class BlobStore:
         pieces, then rename it to its name (or drop it if that blob exists). Its
         name, and the identity of the file when this call wrote it."""
         storage = self.storage
-        with hashing.start_pool() as pool:
-            futures = hashing.submit_pieces(pool, chunks)
-            try:
-                tmp = storage.write_temp("blobs/", chunks)
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
-            try:
-                sha = hashing.name_of_digests([future.result() for future in futures])
-            except BaseException:
-                storage.discard_temp(tmp)
-                raise
+        hashers = hashing.PieceHashers(hashing.pieces(chunks))
+        try:
+            tmp = storage.write_temp("blobs/", chunks)
+        except BaseException:
+            hashers.stop(early=True)
+            raise
+        try:
+            sha = hashers.name()
+        except BaseException:
+            storage.discard_temp(tmp)
+            raise
         file_id = storage.commit_temp(tmp, self.path(sha), keep_existing=True, identify=True)
         return sha, file_id
 

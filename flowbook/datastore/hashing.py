@@ -2,7 +2,7 @@
 
 A blob's bytes are cut into pieces of ``PIECE`` bytes (8 MiB; a small blob is one
 piece); its name is the SHA-256 of the concatenated SHA-256 digests of the pieces.
-The pieces are independent, so a large blob is hashed by a small thread pool
+The pieces are independent, so a large blob is hashed by two threads
 (hashlib releases the GIL), while it is being written or while it is being
 checked after a read: 500 MB take about 0.17 s on two cores instead of 0.32 s.
 
@@ -23,10 +23,9 @@ except ImportError:
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from concurrent.futures import Future
 
 PIECE = 8 << 20
-#: From this size on, pieces are hashed by a pool of threads (below it a thread
+#: From this size on, pieces are hashed by threads (below it a thread
 #: costs more than it saves).
 PARALLEL_FROM = 16 << 20
 THREADS = 2
@@ -85,21 +84,46 @@ def blob_name(chunks: Sequence[bytes | bytearray | memoryview]) -> tuple[str, in
     size = sum(len(part) for piece in cut for part in piece)
     if size < PARALLEL_FROM:
         return name_of_digests([digest(piece) for piece in cut]), size
-    with start_pool() as pool:
-        return name_of_digests(list(pool.map(digest, cut))), size
+    return PieceHashers(cut).name(), size
 
 
-def start_pool():
-    """A short-lived pool: its threads are gone when the ``with`` block ends, so a
-    process that hashed a large value can still fork safely afterwards."""
-    from concurrent.futures import ThreadPoolExecutor
+class PieceHashers:
+    """``THREADS`` threads hashing the pieces of a blob, started at once; ``name()``
+    waits for them. Plain threads, not ``concurrent.futures``, which imports
+    ``logging`` (a few ms in every task that stores a large value). They are gone
+    once ``name()`` returns, so a process that hashed can still fork safely."""
 
-    return ThreadPoolExecutor(THREADS, thread_name_prefix="flowbook-hash")
+    def __init__(self, cut: list[list[memoryview]]) -> None:
+        import threading
 
+        self._cut = cut
+        self._digests: list[bytes | None] = [None] * len(cut)
+        self._stop = False
+        self._threads = [
+            threading.Thread(target=self._work, args=(first,), name="flowbook-hash", daemon=True)
+            for first in range(min(THREADS, len(cut)))
+        ]
+        for thread in self._threads:
+            thread.start()
 
-def submit_pieces(pool, chunks: Sequence[bytes | bytearray | memoryview]) -> list[Future]:
-    """Start hashing every piece in ``pool``; the digests come from the futures."""
-    return [pool.submit(digest, piece) for piece in pieces(chunks)]
+    def _work(self, first: int) -> None:
+        for index in range(first, len(self._cut), THREADS):
+            if self._stop:
+                return
+            self._digests[index] = digest(self._cut[index])
+
+    def name(self) -> str:
+        """The blob's name, once every piece is hashed."""
+        self.stop()
+        if any(found is None for found in self._digests):
+            raise RuntimeError("a hashing thread failed")
+        return name_of_digests(self._digests)  # type: ignore[arg-type]
+
+    def stop(self, early: bool = False) -> None:
+        """Wait for the threads (``early``: after the piece each one is hashing)."""
+        self._stop = self._stop or early
+        for thread in self._threads:
+            thread.join()
 
 
 def legacy_name(data: bytes | bytearray | memoryview) -> str:
