@@ -142,3 +142,45 @@ def test_the_task_server_imports_cloudpickle_once_a_task_needed_it(run_flow, cli
     assert list(warmed.values()) == [["cloudpickle"], None, None, None]  # in task order
     assert run["start"].task._record.get("warm") is None
     assert client.Flow("ByValueFlow").latest_run["pack"].task.data.box.value == 0
+
+
+LARGE_VALUE_FOREACH = """
+from flowbook import FlowSpec, step
+
+
+class LargeValueFlow(FlowSpec):
+    @step
+    def start(self):
+        self.small = "x" * 100  # hashed by CPython's built-in SHA-256
+        self.items = list(range(3))
+        self.next(self.grow, foreach="items")
+
+    @step
+    def grow(self):
+        self.blob = bytes([self.input]) * (200 << 10)  # over 64 KiB: hashed by hashlib
+        self.next(self.gather)
+
+    @step
+    def gather(self, inputs):
+        self.sizes = [len(i.blob) for i in inputs]
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    LargeValueFlow()
+"""
+
+
+def test_hashlib_is_imported_only_for_large_values_then_kept_warm(run_flow, client):
+    result = run_flow(LARGE_VALUE_FOREACH, "run", "--max-workers", "1")
+    assert result.returncode == 0, result
+    run = client.Flow("LargeValueFlow").latest_run
+    assert run["gather"].task.data.sizes == [200 << 10] * 3
+    assert run["start"].task._record.get("warm") is None
+    warmed = [t._record.get("warm") for t in run["grow"]]
+    assert warmed == [["hashlib"], None, None]  # in task order
+    assert run["grow"].task.data.blob[:1] in (b"\x00", b"\x01", b"\x02")
