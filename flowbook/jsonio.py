@@ -39,35 +39,18 @@ _WHITESPACE = " \t\n\r"
 
 
 def _not_serializable(obj: Any) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+    raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")
 
 
 if make_scanner is not None:
     _scan = make_scanner(_DecoderSettings())
-    # (markers, default, encoder, indent, key_separator, item_separator, sort_keys,
-    #  skipkeys, allow_nan): what json.dumps(obj, separators=(",", ":")) builds
-    _encoders = {
-        (sort_keys, default): make_encoder(
-            {},
-            default or _not_serializable,
-            encode_basestring_ascii,
-            None,
-            ":",
-            ",",
-            sort_keys,
-            False,
-            True,
-        )
-        for sort_keys in (False, True)
-        for default in (None, str)
-    }
 
 
 def loads(text: str | bytes | bytearray) -> Any:
     """``json.loads(text)``."""
-    if make_scanner is not None:
+    if make_scanner is not None and isinstance(text, (str, bytes, bytearray)):
         try:
-            string = text if isinstance(text, str) else bytes(text).decode("utf-8")
+            string = text if isinstance(text, str) else text.decode("utf-8")
         except UnicodeDecodeError:
             string = None  # json.loads also detects UTF-16 and UTF-32
         if string is not None:
@@ -89,7 +72,20 @@ def dumps(obj: Any, sort_keys: bool = False, default: Any = None) -> str:
     """``json.dumps(obj, separators=(",", ":"), sort_keys=..., default=...)``;
     ``default`` may be None or ``str``."""
     if make_scanner is not None and default in (None, str):
-        return "".join(_encoders[(sort_keys, default)](obj, 0))
+        # what json.dumps(obj, separators=(",", ":")) builds, with a fresh dict of
+        # the containers being encoded (the C encoder leaves entries in it on errors)
+        encoder = make_encoder(
+            {},
+            default or _not_serializable,
+            encode_basestring_ascii,
+            None,
+            ":",
+            ",",
+            sort_keys,
+            False,
+            True,
+        )
+        return "".join(encoder(obj, 0))
     import json
 
     return json.dumps(obj, separators=(",", ":"), sort_keys=sort_keys, default=default)

@@ -247,3 +247,35 @@ def test_a_blob_file_replaced_by_an_equal_copy_is_hashed_and_read(store, monkeyp
     calls = _hash_calls(monkeypatch)
     value, _ = store.load(stored.sha, file_id=stored.file_id)
     assert calls and np.array_equal(value, array)
+
+
+def test_a_value_changing_while_it_is_stored_still_gets_a_consistent_blob(store):
+    """A thread of the step may still be changing a value when the step ends: the
+    blob is hashed from the file as written, so its name always matches its bytes."""
+    import threading
+
+    array = np.zeros(8 << 20)  # 64 MiB, eight pieces
+    stop = threading.Event()
+
+    def keep_changing() -> None:
+        while not stop.is_set():
+            np.add(array, 1, out=array)  # NumPy lets go of the GIL meanwhile
+
+    changer = threading.Thread(target=keep_changing)
+    changer.start()
+    try:
+        stored = store.put(array, "array")
+    finally:
+        stop.set()
+        changer.join()
+    assert _tree_name(_file(store, stored.sha).read_bytes()) == stored.sha
+    value, _ = store.load(stored.sha)  # hashed again: it must match
+    assert value.shape == array.shape
+
+
+def test_no_file_identity_where_change_times_are_coarse(store, monkeypatch):
+    from flowbook.datastore import storage
+
+    monkeypatch.setitem(storage._FINE_TIMESTAMPS, store.storage.root, False)
+    stored = store.put(np.ones(BIG), "array")
+    assert stored.file_id is None and _file(store, stored.sha).is_file()

@@ -82,3 +82,20 @@ def test_importing_it_imports_neither_json_nor_re():
     )
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_failed_dumps_leaves_nothing_behind():
+    record = {"ok": [1, 2], "bad": object()}
+    with pytest.raises(TypeError):
+        jsonio.dumps(record)
+    del record["bad"]  # the same containers, fixed: encoded as json would
+    assert jsonio.dumps(record) == json.dumps(record, separators=(",", ":"))
+
+
+@pytest.mark.parametrize("odd", [memoryview(b"[1]"), [49], None, 1.5])
+def test_loads_refuses_what_json_refuses(odd):
+    with pytest.raises(TypeError) as caught:
+        jsonio.loads(odd)
+    with pytest.raises(TypeError) as expected:
+        json.loads(odd)
+    assert str(caught.value) == str(expected.value)

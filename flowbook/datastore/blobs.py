@@ -201,11 +201,16 @@ class BlobStore:
     def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> tuple[str, list | None]:
         """A large blob: write it to a temporary file while two threads hash its
         pieces, then rename it to its name (or drop it if that blob exists). Its
-        name, and the identity of the file when this call wrote it."""
+        name, and the identity of the file when this call wrote it.
+
+        The threads hash the file as it is written (a mapping of it, piece by piece
+        behind the writer), not the value's memory: the name is the hash of exactly
+        the bytes in the file, even if another thread of the step is still changing
+        the value, so the file's identity can vouch for it (see ``load``)."""
         storage = self.storage
-        hashers = hashing.PieceHashers(hashing.pieces(chunks))
+        hashers = hashing.PieceHashers()
         try:
-            tmp = storage.write_temp("blobs/", chunks)
+            tmp = storage.write_temp("blobs/", chunks, hashers)
         except BaseException:
             hashers.stop(early=True)
             raise

@@ -84,21 +84,36 @@ def blob_name(chunks: Sequence[bytes | bytearray | memoryview]) -> tuple[str, in
     size = sum(len(part) for piece in cut for part in piece)
     if size < PARALLEL_FROM:
         return name_of_digests([digest(piece) for piece in cut]), size
-    return PieceHashers(cut).name(), size
+    hashers = PieceHashers()
+    hashers.start(cut, ready=size)
+    return hashers.name(), size
 
 
 class PieceHashers:
-    """``THREADS`` threads hashing the pieces of a blob, started at once; ``name()``
-    waits for them. Plain threads, not ``concurrent.futures``, which imports
+    """``THREADS`` threads hashing the pieces of a blob; ``name()`` waits for them.
+
+    The bytes may still be arriving: a piece is hashed once ``written`` says that
+    many bytes are there (this is how a blob is hashed from its file while the file
+    is being written). Plain threads, not ``concurrent.futures``, which imports
     ``logging`` (a few ms in every task that stores a large value). They are gone
     once ``name()`` returns, so a process that hashed can still fork safely."""
 
-    def __init__(self, cut: list[list[memoryview]]) -> None:
+    def __init__(self) -> None:
         import threading
 
-        self._cut = cut
-        self._digests: list[bytes | None] = [None] * len(cut)
+        self._changed = threading.Condition()
+        self._threads: list = []
+        self._cut: list[list[memoryview]] = []
+        self._digests: list[bytes | None] = []
+        self._ready = 0
         self._stop = False
+
+    def start(self, cut: list[list[memoryview]], ready: int = 0) -> None:
+        """Start hashing ``cut`` (from ``pieces``), of which ``ready`` bytes are there."""
+        import threading
+
+        self._cut, self._ready = cut, ready
+        self._digests = [None] * len(cut)
         self._threads = [
             threading.Thread(target=self._work, args=(first,), name="flowbook-hash", daemon=True)
             for first in range(min(THREADS, len(cut)))
@@ -106,10 +121,27 @@ class PieceHashers:
         for thread in self._threads:
             thread.start()
 
+    def start_on(self, data: memoryview) -> None:
+        """Start hashing ``data``, none of which is there yet (see ``written``)."""
+        self.start(pieces([data]), ready=0)
+
+    def written(self, count: int) -> None:
+        """``count`` bytes from the start are there now."""
+        with self._changed:
+            self._ready = count
+            self._changed.notify_all()
+
     def _work(self, first: int) -> None:
-        for index in range(first, len(self._cut), THREADS):
-            if self._stop:
-                return
+        end = 0
+        for index in range(len(self._cut)):
+            end += sum(len(part) for part in self._cut[index])
+            if index % THREADS != first:
+                continue
+            with self._changed:
+                while self._ready < end and not self._stop:
+                    self._changed.wait()
+                if self._stop:
+                    return
             self._digests[index] = digest(self._cut[index])
 
     def name(self) -> str:
@@ -121,9 +153,13 @@ class PieceHashers:
 
     def stop(self, early: bool = False) -> None:
         """Wait for the threads (``early``: after the piece each one is hashing)."""
-        self._stop = self._stop or early
+        if early:
+            with self._changed:
+                self._stop = True
+                self._changed.notify_all()
         for thread in self._threads:
             thread.join()
+        self._cut = []  # let go of the bytes (a mapping can then be closed)
 
 
 def legacy_name(data: bytes | bytearray | memoryview) -> str:

@@ -22,7 +22,7 @@ from ..exceptions import DatastoreError
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 
 class Storage:
@@ -88,6 +88,19 @@ def file_identity(status: os.stat_result) -> list:
     or even restoring its modification time afterwards changes it (the change time
     cannot be set)."""
     return [status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+
+#: Per datastore root: whether its file system has fine-grained change times.
+_FINE_TIMESTAMPS: dict[str, bool] = {}
+
+
+def _start_reader(reader: Any, fd: int, size: int) -> None:
+    """Size the new file and start ``reader`` on a read-only mapping of all of it (the
+    mapping shares the page cache, so it sees each write as soon as it returns)."""
+    import mmap
+
+    os.ftruncate(fd, size)
+    reader.start_on(memoryview(mmap.mmap(fd, size, access=mmap.ACCESS_READ)))
 
 
 #: Objects from this size on are mapped, not read (see LocalStorage.read_buffer).
@@ -175,20 +188,35 @@ class LocalStorage(Storage):
     def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
         self.commit_temp(self.write_temp(path, chunks), path)
 
-    def write_temp(self, path: str, chunks: Iterable[bytes | memoryview]) -> str:
-        """Write ``chunks`` to a new temporary file (errors name ``path``); its name."""
+    def write_temp(
+        self, path: str, chunks: Iterable[bytes | memoryview], reader: Any = None
+    ) -> str:
+        """Write ``chunks`` to a new temporary file (errors name ``path``); its name.
+
+        ``reader`` (a ``hashing.PieceHashers``) reads the file while it is written:
+        it is started on a read-only mapping of the whole file, and told after each
+        slice how many bytes are in."""
         self.ensure_dir(self._tmp)
         tmp = os.path.join(self._tmp, f"{os.getpid()}-{os.urandom(8).hex()}")
+        mode = os.O_WRONLY if reader is None else os.O_RDWR
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, mode | os.O_CREAT | os.O_EXCL, 0o644)
         except OSError as exc:
             raise self._write_error(path, exc) from None
         try:
+            if reader is not None:
+                chunks = list(chunks)
+                _start_reader(reader, fd, sum(memoryview(c).nbytes for c in chunks))
+            written = 0
             with os.fdopen(fd, "wb", buffering=0) as handle:
                 for chunk in chunks:
                     view = memoryview(chunk).cast("B")
                     while view:  # in slices: large buffers go out without a copy
-                        view = view[handle.write(view[:WRITE_SLICE]) :]
+                        count = handle.write(view[:WRITE_SLICE])
+                        view = view[count:]
+                        written += count
+                        if reader is not None:
+                            reader.written(written)
         except BaseException as exc:
             self.discard_temp(tmp)
             if isinstance(exc, OSError):
@@ -209,12 +237,49 @@ class LocalStorage(Storage):
                 self.discard_temp(tmp)
                 return None
             os.replace(tmp, target)
-            return file_identity(os.stat(target)) if identify else None
         except BaseException as exc:
             self.discard_temp(tmp)
             if isinstance(exc, OSError):
                 raise self._write_error(path, exc) from None
             raise
+        if not identify or not self.fine_timestamps():
+            return None
+        try:
+            return file_identity(os.stat(target))
+        except OSError:  # written all the same; readers will hash it
+            return None
+
+    def check_writable(self) -> None:
+        super().check_writable()
+        self.fine_timestamps()  # probed here, before tasks are forked, so they inherit it
+
+    def fine_timestamps(self) -> bool:
+        """Whether writing to a file here always changes its change time (ctime), even
+        twice within a clock tick: true on file systems with fine-grained timestamps
+        (multigrain ctime, Linux 6.13+ on ext4, xfs, btrfs, tmpfs); false with coarse
+        ones, where a file's identity cannot vouch for its bytes. Probed once per
+        datastore and process (and inherited by forked tasks)."""
+        known = _FINE_TIMESTAMPS.get(self.root)
+        if known is None:
+            known = _FINE_TIMESTAMPS[self.root] = self._probe_timestamps()
+        return known
+
+    def _probe_timestamps(self) -> bool:
+        probe = os.path.join(self._tmp, f"{os.getpid()}-{os.urandom(8).hex()}.clock")
+        changes = set()
+        try:
+            self.ensure_dir(self._tmp)
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                for byte in (b"a", b"b", b"c"):
+                    os.write(fd, byte)
+                    changes.add(os.fstat(fd).st_ctime_ns)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except (OSError, DatastoreError):
+            return False
+        return len(changes) == 3
 
     @staticmethod
     def discard_temp(tmp: str) -> None:
