@@ -121,7 +121,7 @@ def serialize(obj: Any, artifact_name: str = "") -> Serialized:
 
 class MappedBlob(Plain):
     """A blob read by mapping its file: the mapping, where the pickle stream ends,
-    and where each buffer starts in it (see ``BlobStore.unchanged``)."""
+    and where each buffer starts in it (see ``BlobStore.put_again``)."""
 
     def __init__(self, view: memoryview, stream_end: int, starts: list[int]) -> None:
         self.view = view
@@ -178,25 +178,31 @@ class BlobStore:
             sha, file_id = self._write_while_hashing(chunks)
             return StoredBlob(sha, size, file_id=file_id)
         sha, _ = hashing.blob_name(chunks)
-        path = self.path(sha)
-        if not self.storage.exists(path):
-            self.storage.write_chunks(path, chunks)
+        self._write_named(sha, chunks)
         return StoredBlob(sha, size)
 
     def put_again(
         self, obj: Any, artifact_name: str, inline: bool, sha: str, mapped: MappedBlob | None
     ) -> StoredBlob:
-        """Store ``obj``, which was read from the blob ``sha`` (a file, mapped or
-        not). When it is unchanged, nothing is hashed or written if its mapping shows
-        it (``MappedBlob.holds``), else it is hashed but not written again."""
+        """Store ``obj``, which was read from the blob file ``sha`` (mapped or not).
+        When its mapping shows it unchanged (``MappedBlob.holds``) nothing is hashed
+        or written; else it is hashed once and written only under a new name."""
         serialized = serialize(obj, artifact_name)
         if mapped is not None and mapped.holds(serialized):
             return StoredBlob(sha, serialized.size)
         chunks = serialized.chunks()
         name, size = hashing.blob_name(chunks)
-        if name == sha and not (inline and size <= INLINE_LIMIT):
-            return StoredBlob(sha, size)
-        return self.put(obj, artifact_name, inline, serialized)
+        if inline and size <= INLINE_LIMIT:
+            return StoredBlob(name, size, b"".join(chunks))
+        if name != sha:  # changed: the blob ``sha`` exists, this one may not
+            self._write_named(name, chunks)
+        return StoredBlob(name, size)
+
+    def _write_named(self, sha: str, chunks: list[bytes | memoryview]) -> None:
+        """Write the blob ``sha`` unless it exists (its name is already known)."""
+        path = self.path(sha)
+        if not self.storage.exists(path):
+            self.storage.write_chunks(path, chunks)
 
     def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> tuple[str, list | None]:
         """A large blob: write it to a temporary file while two threads hash its
@@ -253,15 +259,12 @@ class BlobStore:
         layout: list = []
         verify = file_id is None or found_id != list(file_id)
         value = decode(data, sha, what, "blob", layout, verify)
-        if layout and isinstance(data, memoryview) and isinstance(data.obj, mmap_type()):
-            return value, MappedBlob(data, *layout)
+        if layout and isinstance(data, memoryview):
+            import mmap  # (imported by the storage when it mapped the file)
+
+            if isinstance(data.obj, mmap.mmap):
+                return value, MappedBlob(data, *layout)
         return value, None
-
-
-def mmap_type() -> type:
-    import mmap
-
-    return mmap.mmap
 
 
 def decode(

@@ -107,6 +107,7 @@ class PieceHashers:
         self._digests: list[bytes | None] = []
         self._ready = 0
         self._stop = False
+        self._error: BaseException | None = None
 
     def start(self, cut: list[list[memoryview]], ready: int = 0) -> None:
         """Start hashing ``cut`` (from ``pieces``), of which ``ready`` bytes are there."""
@@ -142,13 +143,17 @@ class PieceHashers:
                     self._changed.wait()
                 if self._stop:
                     return
-            self._digests[index] = digest(self._cut[index])
+            try:
+                self._digests[index] = digest(self._cut[index])
+            except BaseException as exc:  # handed to the caller by name()
+                self._error = exc
+                return
 
     def name(self) -> str:
         """The blob's name, once every piece is hashed."""
         self.stop()
-        if any(found is None for found in self._digests):
-            raise RuntimeError("a hashing thread failed")
+        if self._error is not None:
+            raise self._error
         return name_of_digests(self._digests)  # type: ignore[arg-type]
 
     def stop(self, early: bool = False) -> None:

@@ -202,18 +202,17 @@ class Datastore:
 
         ``read_from`` is the entry (and mapping) ``value`` was read from in this
         task: an unchanged value is then not written again (``BlobStore.put_again``)."""
-        file_id = None
         if read_from is not None and "inline" not in read_from[0]:
-            previous = read_from[0]
-            stored = self.blobs.put_again(value, name, inline, previous["sha"], read_from[1])
-            if stored.sha == previous["sha"]:
-                file_id = previous.get("file_id")  # the same file: still the writer's
+            previous, mapped = read_from
+            stored = self.blobs.put_again(value, name, inline, previous["sha"], mapped)
+            if stored.sha == previous["sha"] and stored.inline is None:
+                stored.file_id = previous.get("file_id")  # the same file: still the writer's
         else:
             stored = self.blobs.put(value, name, inline=inline)
         entry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
         if stored.inline is not None:
             entry["inline"] = binascii.b2a_base64(stored.inline, newline=False).decode("ascii")
-        file_id = stored.file_id or file_id
+        file_id = stored.file_id
         if file_id is not None:
             entry["file_id"] = file_id
         return entry

@@ -14,11 +14,6 @@ from __future__ import annotations
 import os
 import select
 import time
-
-try:  # the functions signal.py wraps; signal.py imports enum (~2 ms) for its names
-    import _signal as signals
-except ImportError:  # pragma: no cover - not CPython
-    import signal as signals
 from collections import deque
 from collections.abc import Callable
 
@@ -27,6 +22,7 @@ from ..datastore import Datastore
 from ..decorators import step_settings
 from ..graph import FlowGraph
 from ..plain import Plain
+from . import signals
 from .console import Console, LogTail
 from .resume import ResumePlan
 from .spec import TaskSpec

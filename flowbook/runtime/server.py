@@ -30,11 +30,7 @@ import sys
 from collections.abc import Callable
 
 from ..datastore.pickling import PROTOCOL, cpickle
-
-try:  # the functions signal.py wraps; signal.py imports enum (~2 ms) for its names
-    import _signal as signals
-except ImportError:  # pragma: no cover - not CPython
-    import signal as signals
+from . import signals
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
