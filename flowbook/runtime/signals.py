@@ -2,42 +2,10 @@
 
 ``signal.py`` only wraps the C module ``_signal`` in enums, and importing ``enum``
 costs ~2 ms on every run. Names for messages (``signal.Signals(n).name``) are
-looked up where a message needs one.
+looked up where a message needs one. Use as ``signals.signal(signals.SIGINT, ...)``.
 """
 
 try:
-    from _signal import (
-        SIG_DFL,
-        SIG_IGN,
-        SIGCHLD,
-        SIGINT,
-        SIGKILL,
-        SIGTERM,
-        default_int_handler,
-        set_wakeup_fd,
-        signal,
-    )
+    from _signal import *  # noqa: F403 - SIGKILL, signal(), set_wakeup_fd(), ...
 except ImportError:  # pragma: no cover - not CPython
-    from signal import (  # noqa: F401
-        SIG_DFL,
-        SIG_IGN,
-        SIGCHLD,
-        SIGINT,
-        SIGKILL,
-        SIGTERM,
-        default_int_handler,
-        set_wakeup_fd,
-        signal,
-    )
-
-__all__ = [
-    "SIG_DFL",
-    "SIG_IGN",
-    "SIGCHLD",
-    "SIGINT",
-    "SIGKILL",
-    "SIGTERM",
-    "default_int_handler",
-    "set_wakeup_fd",
-    "signal",
-]
+    from signal import *  # noqa: F403
