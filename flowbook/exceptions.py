@@ -36,6 +36,12 @@ class GraphError(FlowbookError):
     headline = "invalid flow graph"
 
 
+class InvalidNameError(FlowbookError, ValueError):
+    """A run id, task id, pathspec or name is not in flowbook's grammar (names.py)."""
+
+    headline = "invalid name"
+
+
 class ParameterError(FlowbookError):
     """A parameter is missing or has a value of the wrong type; nothing has run."""
 
