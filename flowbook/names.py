@@ -86,7 +86,7 @@ def check_pathspec(pathspec: object, parts: int, kind: str) -> list[str]:
     pieces = pathspec.strip("/").split("/")
     if len(pieces) != parts:
         raise InvalidNameError(f"{kind} pathspec {shown(pathspec)} is not of the form '{example}'.")
-    for label, piece in zip(labels, pieces):
+    for label, piece in zip(labels, pieces, strict=True):
         code_name = label.endswith("name")  # flow, step, artifact: may start with '_'
         if not is_valid(piece, code_name):
             try:
