@@ -78,6 +78,25 @@ def resume_parameters(
     return index
 
 
+class RunTerminated(KeyboardInterrupt):
+    """SIGTERM reached the process running the scheduler: stop as on Ctrl-C."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM stop the run as Ctrl-C does (tasks stopped, run marked failed);
+    returns what puts the previous handler back. Only in the main thread."""
+    from . import signals
+
+    def terminated(number: int, frame: Any) -> None:
+        raise RunTerminated("the run was terminated (SIGTERM)")
+
+    try:
+        previous = signals.signal(signals.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        return None
+    return lambda: signals.signal(signals.SIGTERM, previous)
+
+
 def run_flow(
     flow_cls: type,
     graph: FlowGraph,
@@ -154,11 +173,14 @@ def run_flow(
         on_event=on_event,
     )
     successful = False
+    restore = _stop_on_sigterm() if executor is None else None
     try:
         successful = scheduler.run()
         if successful:
             datastore.write_step_indexes(graph.name, run_id, scheduler.finished_records)
     finally:
+        if restore is not None:
+            restore()
         if executor is None:
             server.close()
         datastore.write_run_status(

@@ -25,6 +25,7 @@ from ..plain import Plain
 from . import signals
 from .console import Console, LogTail
 from .resume import ResumePlan
+from .server import ExecutorLost, kill_group
 from .spec import TaskSpec
 
 #: How often (seconds) the scheduler tells its listeners that time has passed.
@@ -150,11 +151,14 @@ class Scheduler:
         )
         try:
             self._loop()
-        except KeyboardInterrupt:
-            self.failures.append("the run was interrupted (Ctrl-C)")
-            self.console.error("Interrupted: stopping running tasks...")
+        except KeyboardInterrupt as exc:
+            reason = str(exc) or "the run was interrupted (Ctrl-C)"
+            self.failures.append(reason)
+            self.console.error(f"{reason[0].upper()}{reason[1:]}: stopping running tasks...")
             self._terminate_running()
             raise
+        except ExecutorLost as exc:
+            self._executor_lost(exc)
         if self.only_steps is not None:
             return not self.failures
         return self.end_succeeded and not self.failures
@@ -204,7 +208,7 @@ class Scheduler:
         for task in self.running.values():
             if task.deadline and not task.timed_out and now > task.deadline and task.pid:
                 task.timed_out = True
-                _kill_group(task.pid, signals.SIGKILL)
+                kill_group(task.pid, signals.SIGKILL)
 
     def _handle_event(self, event: tuple) -> None:
         kind, task_id = event[0], event[1]
@@ -453,31 +457,46 @@ class Scheduler:
 
     # ------------------------------------------------------------ stopping
     def _terminate_running(self, grace: float = 3.0) -> None:
+        """SIGTERM every running task's group, SIGKILL what is left after ``grace``
+        seconds, and wait until each has exited: nothing of this run writes a record
+        after the scheduler marks it failed."""
         for pid in [t.pid for t in self.running.values() if t.pid]:
-            _kill_group(pid, signals.SIGTERM)
-        deadline = time.time() + grace
-        while self.running and time.time() < deadline:
-            readable, _, _ = select.select([self.executor], [], [], 0.05)
-            if readable:
-                try:
-                    events = self.executor.read_events()
-                except RuntimeError:
-                    break
-                for event in events:
-                    if event[0] == "exited" and event[1] in self.running:
-                        task = self.running.pop(event[1])
-                        self._tail_logs(task, final=True)
+            kill_group(pid, signals.SIGTERM)
+        if self._await_exits(time.time() + grace):
+            return
         for task in self.running.values():
             if task.pid:
-                _kill_group(task.pid, signals.SIGKILL)
+                kill_group(task.pid, signals.SIGKILL)
+        self._await_exits(time.time() + 5.0)
 
+    def _await_exits(self, deadline: float) -> bool:
+        """Read exit events until no task runs (True) or ``deadline`` passes."""
+        while self.running and time.time() < deadline:
+            readable, _, _ = select.select([self.executor], [], [], 0.05)
+            if not readable:
+                continue
+            try:
+                events = self.executor.read_events()
+            except ExecutorLost:
+                return False  # the server kills its tasks' groups as it goes
+            for event in events:
+                if event[0] == "started" and event[1] in self.running:
+                    # submitted before the stop, started after it: stop it too
+                    self.running[event[1]].pid = event[2]
+                    kill_group(event[2], signals.SIGKILL)
+                elif event[0] == "exited" and event[1] in self.running:
+                    task = self.running.pop(event[1])
+                    self._tail_logs(task, final=True)
+        return not self.running
 
-def _kill_group(pid: int, sig: int) -> None:
-    """Signal a task and the processes it started (each task leads a process group)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
+    def _executor_lost(self, exc: ExecutorLost) -> None:
+        """The task server (or cluster) is gone: its tasks were stopped with it (each
+        task's lifeline, see server.py); make sure, and fail the run naming why."""
+        reason = f"{exc}; the run's running tasks were stopped"
+        self.console.error(f"Flow {self.flow}: {reason}.")
+        for task in self.running.values():
+            if task.pid:
+                kill_group(task.pid, signals.SIGKILL)
+            self.on_event("task_failed", {"step": task.spec.step, "task_id": task.spec.task_id})
+        self.running.clear()
+        self.failures.append(reason)

@@ -16,8 +16,19 @@ import in every run), each message a 4-byte length and a pickle:
 * server -> scheduler: ``("started", key, pid)`` and ``("exited", key, pid, code)``,
   where ``code`` is the exit code, or minus the signal number that killed the child.
 
-When the scheduler goes away (end of file on the socket) the server kills its
-children and exits, so an interrupted run leaves no orphaned task behind.
+No task outlives its run (see "What happens when a run is killed" in
+docs/architecture.md):
+
+* When the scheduler goes away (end of file on the channel) the server kills the
+  process group of every task and exits.
+* When the server itself dies, even by SIGKILL (``kill -9 -PGID`` of the command
+  line kills the scheduler and the server together), every task learns it from its
+  *lifeline*: a pipe whose only write end the server holds. A thread in the task
+  waits for end of file on it and then kills the task's process group, so the task
+  and everything it started die within milliseconds.
+* When a task ends, the server kills what is left of its process group (a
+  ``subprocess.Popen`` the step did not wait for) before reaping it; the group's id
+  cannot be reused while the task is a zombie.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import sys
 from collections.abc import Callable
 
 from ..datastore.pickling import PROTOCOL, cpickle
+from ..exceptions import FlowbookError
 from . import signals
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
@@ -37,6 +49,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 _LEN = struct.Struct("<I")
+
+
+class ExecutorLost(FlowbookError):
+    """The process or cluster that runs a run's tasks went away in the middle of it."""
 
 
 class Channel:
@@ -97,13 +113,16 @@ def serve(channel: Channel, handler: Callable[[Any], int], pending: list | None 
     import gc
 
     gc.freeze()  # keep the collector from touching (and copying) the server's pages in tasks
-    signals.signal(signals.SIGINT, signals.SIG_IGN)  # Ctrl-C is the scheduler's to handle
+    # Ctrl-C and SIGTERM sent to the command line's process group are the scheduler's to
+    # handle: it stops the tasks and records why; the server ends when it goes away.
+    signals.signal(signals.SIGINT, signals.SIG_IGN)
+    signals.signal(signals.SIGTERM, signals.SIG_IGN)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
     signals.signal(signals.SIGCHLD, lambda *_: None)
     signals.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    server = _Server(channel, handler, (wake_r, wake_w))
+    server = _Server(channel, handler, (wake_r, wake_w), os.pipe())
     try:
         for message in pending or []:
             server.handle(message)
@@ -142,10 +161,15 @@ class _Server:
     spare forked before it is sent away and replaced.
     """
 
-    def __init__(self, channel: Channel, handler: Callable[[Any], int], wake: tuple) -> None:
+    def __init__(
+        self, channel: Channel, handler: Callable[[Any], int], wake: tuple, lifeline: tuple
+    ) -> None:
         self.channel = channel
         self.handler = handler
         self.wake = wake
+        #: (read end, write end): only this process keeps the write end open, so a
+        #: task sees end of file on the read end exactly when the server is gone.
+        self.lifeline = lifeline
         self.children: dict[int, Any] = {}
         self.spare: tuple[int, int] | None = None  # (pid, write end of its payload pipe)
 
@@ -182,7 +206,7 @@ class _Server:
         pid = os.fork()
         if pid == 0:
             os.close(payload_w)
-            _run_spare(self.handler, payload_r, self.channel, self.wake)
+            _run_spare(self.handler, payload_r, self.channel, self.wake, self.lifeline)
         os.close(payload_r)
         self.spare = (pid, payload_w)
 
@@ -195,11 +219,17 @@ class _Server:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # look without reaping: while the task is a zombie its pid, and so its
+                # process group's id, cannot be reused by a new process
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if info is None:
                 return
+            pid = info.si_pid
+            if pid in self.children:
+                kill_group(pid)  # what the step started and did not wait for
+            _, status = os.waitpid(pid, 0)
             key = self.children.pop(pid, None)
             if key is not None:  # not a spare that was sent away
                 self.channel.send(("exited", key, pid, os.waitstatus_to_exitcode(status)))
@@ -209,19 +239,62 @@ class _Server:
             os.close(self.spare[1])
             self.spare = None
         for pid in self.children:
+            kill_group(pid)
+        for pid in self.children:  # dead only once reaped: then nothing of it writes
             try:
-                os.kill(pid, signals.SIGKILL)
-            except ProcessLookupError:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
                 pass
 
 
-def _run_spare(handler: Callable[[Any], int], payload_fd: int, channel: Channel, wake) -> None:
-    """In a spare: drop everything of the server's, wait for a payload, run it, exit."""
+def describe_exit(code: int) -> str:
+    """An exit code as the scheduler gets it (minus the signal number when killed)."""
+    if code >= 0:
+        return f"exited with code {code}"
+    import signal  # only to name the signal: it imports enum
+
+    try:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
+
+
+def kill_group(pid: int, sig: int = signals.SIGKILL) -> None:
+    """Signal a task's process group (the task and what it started), else the task."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _watch_lifeline(fd: int) -> None:
+    """In a task, on a thread of its own: when the server is gone, end the task's group."""
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        pass
+    os.killpg(0, signals.SIGKILL)
+
+
+def _run_spare(
+    handler: Callable[[Any], int], payload_fd: int, channel: Channel, wake, lifeline
+) -> None:
+    """In a spare: drop everything of the server's, wait for a payload, run it, exit.
+
+    The spare leads a process group of its own from the start, so a Ctrl-C in the
+    terminal or a signal to the kernel's group never reaches it (only the scheduler
+    decides when a task stops), and a timeout or a stop kills what the task started.
+    """
     code = 1
     try:
+        os.setpgid(0, 0)
+        os.close(lifeline[1])
         signals.set_wakeup_fd(-1)
         signals.signal(signals.SIGCHLD, signals.SIG_DFL)
-        signals.signal(signals.SIGINT, signals.default_int_handler)
         channel.close()
         for fd in wake:
             os.close(fd)
@@ -232,8 +305,14 @@ def _run_spare(handler: Callable[[Any], int], payload_fd: int, channel: Channel,
                 break
             chunks.append(chunk)
         os.close(payload_fd)
-        # no payload at all: the spare was sent away unused
-        code = handler(cpickle.loads(b"".join(chunks))) if chunks else 0
+        if not chunks:  # no payload at all: the spare was sent away unused
+            os._exit(0)
+        import _thread
+
+        _thread.start_new_thread(_watch_lifeline, (lifeline[0],))
+        signals.signal(signals.SIGTERM, signals.SIG_DFL)
+        signals.signal(signals.SIGINT, signals.default_int_handler)
+        code = handler(cpickle.loads(b"".join(chunks)))
     except BaseException:  # never let a task process return into the server loop
         try:
             import traceback
@@ -325,8 +404,21 @@ class TaskServerClient:
     def read_events(self) -> list[tuple]:
         messages = self.channel.receive_available()
         if messages is None:
-            raise RuntimeError("the task server exited unexpectedly")
+            raise ExecutorLost(f"the task server (pid {self.server_pid}) {self._how_it_ended()}")
         return messages
+
+    def _how_it_ended(self) -> str:
+        """'was killed by signal SIGKILL', 'exited with code 1', ... (reaps it)."""
+        self.closed = True
+        self.channel.close()
+        try:
+            if self._popen is not None:
+                code = self._popen.wait(timeout=5)
+            else:
+                code = os.waitstatus_to_exitcode(os.waitpid(self.server_pid, 0)[1])
+        except Exception:
+            return "exited unexpectedly"
+        return f"{describe_exit(code)} unexpectedly"
 
     def close(self) -> None:
         if self.closed:
