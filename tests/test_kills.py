@@ -208,3 +208,22 @@ def test_what_a_finished_task_started_ends_with_it(run_flow, client):
     assert result.returncode == 0, result
     child = client.Flow("Leaves").latest_run["start"].task.data.child
     _wait_for(lambda: not _alive(child), timeout=2, what=f"grandchild {child} to end")
+
+
+def test_a_kernels_stop_prints_nothing_of_flowbooks_internals(tmp_path):
+    """papermill runs step cells in a kernel, then shuts it down: the kernel's task
+    server and its spare child stop quietly (they printed a KeyboardInterrupt)."""
+    notebook = os.path.join(os.path.dirname(__file__), "..", "notebooks", "hello.ipynb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWBOOK_")}
+    env["FLOWBOOK_DATASTORE"] = str(tmp_path / ".flowbook")
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", notebook, str(tmp_path / "out.ipynb")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    for needle in (TRACEBACK, "KeyboardInterrupt"):
+        assert needle not in result.stdout + result.stderr, result.stderr
