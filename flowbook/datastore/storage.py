@@ -10,12 +10,18 @@ Two implementations of one small interface:
   A single PUT is atomic on object stores, so objects are uploaded whole.
 
 Paths are ``/``-separated and relative to the root.
+
+Reading a datastore unpickles what is in it, so whoever can write a datastore can
+run code as whoever reads it (see docs/security.md). A local root that every user
+can write is refused unless ``FLOWBOOK_TRUST_DATASTORE=1``, and one owned by
+another user is warned about once per process (:func:`check_trust`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import sys
 from collections.abc import Iterable
 
 from ..exceptions import DatastoreError
@@ -23,6 +29,73 @@ from ..exceptions import DatastoreError
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
+
+
+#: Set to 1 to use a local datastore that every user can write, knowingly.
+TRUST_ENV = "FLOWBOOK_TRUST_DATASTORE"
+#: Below this much free space, a local datastore's disk is reported as full.
+LOW_SPACE = 1 << 20
+#: fsspec protocols whose file system lives in one process's memory: tasks, which
+#: run in processes of their own, would neither see nor keep what is written there.
+PROCESS_LOCAL = {"memory": "fsspec's memory file system lives in one process's memory"}
+
+
+class UntrustedDatastoreError(DatastoreError):
+    """A local datastore that every user can write: reading it could run their code."""
+
+    headline = "untrusted datastore"
+
+
+class DatastoreNotSharedError(DatastoreError):
+    """A datastore that the run's task processes cannot share (process-local)."""
+
+    headline = "datastore not shared between processes"
+
+
+class DatastoreWriteError(DatastoreError):
+    """An object could not be written: the disk is full, the datastore read-only...
+
+    ``root`` is the datastore, ``what`` what could not be written (a path, or
+    ``"artifact 'model'"``), ``reason`` the system's words (``"No space left on
+    device"``) and ``errno`` its number (None when unknown)."""
+
+    headline = "cannot write to the datastore"
+
+    def __init__(
+        self,
+        message: str = "",
+        root: str = "",
+        what: str = "",
+        reason: str = "",
+        errno: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.root = root
+        self.what = what
+        self.reason = reason
+        self.errno = errno
+
+    @classmethod
+    def from_os_error(cls, root: str, what: str, exc: OSError) -> DatastoreWriteError:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            message = f"Datastore {root} is read-only: cannot write {what}."
+        elif exc.errno == errno.ENOSPC:
+            message = f"Datastore {root} is full: cannot write {what}."
+        else:
+            message = f"Datastore {root}: cannot write {what}: {reason}."
+        return cls(message, root, what, reason, exc.errno)
+
+    def about(self, what: str) -> DatastoreWriteError:
+        """The same failure, saying that it was ``what`` that could not be written."""
+        if self.errno is not None:
+            return self.from_os_error(self.root, what, OSError(self.errno, self.reason))
+        message = f"Datastore {self.root}: cannot write {what}: {self.reason}."
+        return type(self)(message, self.root, what, self.reason, self.errno)
+
+
+class DatastoreTrustWarning(UserWarning):
+    """A local datastore is owned by another user, who can run code as its readers."""
 
 
 class Storage:
@@ -78,6 +151,29 @@ class Storage:
         except Exception as exc:  # every backend fails differently
             raise DatastoreError(f"Datastore {self.url} is not writable: {exc}") from None
 
+    def process_local_reason(self) -> str | None:
+        """Why objects written here are seen by this process only, or None."""
+        return None
+
+    def check_usable_by_tasks(self) -> None:
+        """What a run checks before it starts a task: the datastore is shared by
+        processes (tasks run in processes of their own and write their results
+        here) and writable. Raises a one-line DatastoreError otherwise."""
+        reason = self.process_local_reason()
+        if reason is not None:
+            raise DatastoreNotSharedError(
+                f"Datastore {self.url} cannot hold a run: {reason}, and every task runs "
+                "in a process of its own. Use a directory or a shared object store "
+                "(s3://...) instead."
+            )
+        self.check_writable()
+
+    def space_problem(self) -> str | None:
+        """A phrase saying that the datastore's disk is (nearly) full, e.g. "the disk
+        holding /root/.flowbook is full (12 KiB free)"; None when it is not, or when
+        nobody can tell (object stores)."""
+        return None
+
     def delete(self, path: str) -> None:
         raise NotImplementedError
 
@@ -92,6 +188,108 @@ def file_identity(status: os.stat_result) -> list:
 
 #: Per datastore root: whether its file system has fine-grained change times.
 _FINE_TIMESTAMPS: dict[str, bool] = {}
+#: Local roots this process has checked and accepted (forked tasks inherit it).
+_TRUSTED_ROOTS: set[str] = set()
+#: Directories a datastore creates: never writable by every user (the umask may
+#: still take the group's write bit away).
+DIR_MODE = 0o775
+
+
+def make_dirs(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, with every directory it makes (not only
+    the last, as ``os.makedirs`` does) in ``DIR_MODE``."""
+    try:
+        os.mkdir(path, DIR_MODE)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if parent == path:
+            raise
+        make_dirs(parent)
+        try:
+            os.mkdir(path, DIR_MODE)
+        except FileExistsError:
+            pass
+
+
+def trust_overridden() -> bool:
+    """Whether ``FLOWBOOK_TRUST_DATASTORE`` says to use any local datastore knowingly."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_trust(root: str) -> None:
+    """Refuse a local datastore root that every user can write; warn (once per process
+    and root) when another user owns it. One ``os.stat`` the first time a process
+    meets a root, nothing after.
+
+    Reading a datastore unpickles what is in it: whoever can write it can run code
+    as the reader. A world-writable root is refused even with the sticky bit (as
+    ``/tmp``): the sticky bit stops others from deleting or renaming what is there,
+    not from creating what is not there yet (``flows/``, ``blobs/``, a new flow's
+    directory), and this check looks at the root alone. ``FLOWBOOK_TRUST_DATASTORE=1``
+    accepts such a root, and silences the warning."""
+    if root in _TRUSTED_ROOTS:
+        return
+    if trust_overridden():
+        _TRUSTED_ROOTS.add(root)
+        return
+    try:
+        status = os.stat(root)
+    except OSError:  # missing or unreadable: the storage itself says so when used
+        return
+    if status.st_mode & 0o002:
+        raise UntrustedDatastoreError(
+            f"Datastore {root} is writable by every user (mode {status.st_mode & 0o7777:o}), "
+            "so anyone on this machine could plant data in it that runs code as you when "
+            "flowbook reads it; use a directory only you can write (chmod o-w it if it is "
+            f"yours), or set {TRUST_ENV}=1 to use it knowingly."
+        )
+    geteuid = getattr(os, "geteuid", None)
+    me = geteuid() if geteuid is not None else status.st_uid
+    # root (uid 0) can run code as anyone already: owning a datastore adds nothing
+    if status.st_uid not in (me, 0):
+        _warn_other_owner(root, status.st_uid)
+    _TRUSTED_ROOTS.add(root)
+
+
+def _warn_other_owner(root: str, uid: int) -> None:
+    import warnings
+
+    try:
+        import pwd
+
+        owner = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        owner = f"uid {uid}"
+    warnings.warn(
+        f"Datastore {root} is owned by another user, {owner}, who can run code as you "
+        f"through what you read from it; set {TRUST_ENV}=1 if you trust them.",
+        DatastoreTrustWarning,
+        stacklevel=_caller_stacklevel(),
+    )
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside flowbook (so the warning names the
+    user's line, not flowbook's)."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if size >= 10 else f"{size:.1f} {unit}"
+    return ""  # pragma: no cover
 
 
 def _start_reader(reader: Any, fd: int, size: int) -> None:
@@ -112,7 +310,11 @@ WRITE_SLICE = 8 << 20
 class LocalStorage(Storage):
     is_local = True
 
-    def __init__(self, root: str, create: bool = True) -> None:
+    def __init__(self, root: str, create: bool = True, trusted: bool = False) -> None:
+        """The datastore in directory ``root`` (created when missing if ``create`` and
+        its parent exists). It is refused when every user can write it (see
+        ``check_trust``) unless ``trusted``: the caller's process checked it already
+        (a task, whose scheduler opened the same root before starting it)."""
         root = os.path.abspath(os.path.expanduser(root))
         self.url = root
         self.root = root
@@ -127,11 +329,13 @@ class LocalStorage(Storage):
                     + "; create it or point FLOWBOOK_DATASTORE / --datastore elsewhere."
                 )
             try:
-                os.makedirs(root, exist_ok=True)
+                make_dirs(root)
             except OSError as exc:
                 raise DatastoreError(
                     f"Cannot create datastore {root}: {exc.strerror or exc}."
                 ) from None
+        if not trusted:
+            check_trust(root)
 
     def _full(self, path: str) -> str:
         return os.path.join(self.root, path)
@@ -153,7 +357,7 @@ class LocalStorage(Storage):
         if directory in self._made_dirs:
             return
         try:
-            os.makedirs(directory, exist_ok=True)
+            make_dirs(directory)
         except OSError as exc:
             raise self._write_error(directory, exc) from None
         self._made_dirs.add(directory)
@@ -204,11 +408,11 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise self._write_error(path, exc) from None
         try:
-            if reader is not None:
-                chunks = list(chunks)
-                _start_reader(reader, fd, sum(memoryview(c).nbytes for c in chunks))
             written = 0
-            with os.fdopen(fd, "wb", buffering=0) as handle:
+            with os.fdopen(fd, "wb", buffering=0) as handle:  # closes fd whatever happens
+                if reader is not None:
+                    chunks = list(chunks)
+                    _start_reader(reader, fd, sum(memoryview(c).nbytes for c in chunks))
                 for chunk in chunks:
                     view = memoryview(chunk).cast("B")
                     while view:  # in slices: large buffers go out without a copy
@@ -288,12 +492,25 @@ class LocalStorage(Storage):
         except OSError:
             pass
 
-    def _write_error(self, path: str, exc: OSError) -> DatastoreError:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return DatastoreError(f"Datastore {self.root} is read-only: cannot write {path}.")
-        if exc.errno == errno.ENOSPC:
-            return DatastoreError(f"Datastore {self.root} is full: cannot write {path}.")
-        return DatastoreError(f"Datastore {self.root}: cannot write {path}: {exc.strerror or exc}.")
+    def _write_error(self, path: str, exc: OSError) -> DatastoreWriteError:
+        if os.path.isabs(path):  # a directory ensure_dir could not make
+            path = os.path.relpath(path, self.root)
+        return DatastoreWriteError.from_os_error(self.root, path, exc)
+
+    def space_problem(self) -> str | None:
+        try:
+            status = os.statvfs(self.root)
+        except OSError:
+            return None
+        geteuid = getattr(os, "geteuid", None)
+        # root may use the blocks reserved for it; others only the available ones
+        blocks = status.f_bfree if geteuid is not None and geteuid() == 0 else status.f_bavail
+        free = blocks * status.f_frsize
+        if free < LOW_SPACE:
+            return f"the disk holding {self.root} is full ({_human_size(free)} free)"
+        if status.f_files and not status.f_favail:
+            return f"the disk holding {self.root} is full (no free inodes)"
+        return None
 
     def list(self, path: str) -> list[str]:
         try:
@@ -342,9 +559,28 @@ class FsspecStorage(Storage):
         try:
             self.fs.pipe_file(self._full(path), data)
         except PermissionError as exc:
-            raise DatastoreError(f"Datastore {self.url} is read-only: {exc}") from None
+            raise DatastoreWriteError(
+                f"Datastore {self.url} is read-only: {exc}", self.url, path, str(exc), exc.errno
+            ) from None
         except OSError as exc:
-            raise DatastoreError(f"Datastore {self.url}: cannot write {path}: {exc}") from None
+            raise DatastoreWriteError(
+                f"Datastore {self.url}: cannot write {path}: {exc}", self.url, path, str(exc)
+            ) from None
+
+    def process_local_reason(self) -> str | None:
+        """Process-local when fsspec's file system (or one it wraps, as ``dir::`` or
+        ``simplecache::`` do) keeps its files in this process's memory."""
+        fs, depth = self.fs, 0
+        while fs is not None and depth < 8:
+            protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+            for protocol in protocols:
+                if protocol in PROCESS_LOCAL:
+                    return PROCESS_LOCAL[protocol]
+            if any(kind.__name__ == "MemoryFileSystem" for kind in type(fs).__mro__):
+                return PROCESS_LOCAL["memory"]
+            fs = getattr(fs, "fs", None) or getattr(fs, "sync_fs", None)
+            depth += 1
+        return None
 
     def list(self, path: str) -> list[str]:
         full = self._full(path)
@@ -373,11 +609,14 @@ def default_datastore_url() -> str:
     return os.environ.get("FLOWBOOK_DATASTORE") or os.path.join(os.getcwd(), ".flowbook")
 
 
-def open_storage(url: str | None = None, create: bool = True) -> Storage:
-    """The storage for a datastore URL (default: ``FLOWBOOK_DATASTORE`` or ./.flowbook)."""
+def open_storage(url: str | None = None, create: bool = True, trusted: bool = False) -> Storage:
+    """The storage for a datastore URL (default: ``FLOWBOOK_DATASTORE`` or ./.flowbook).
+
+    A local root that every user can write is refused (``UntrustedDatastoreError``)
+    unless ``trusted`` (see ``LocalStorage``) or ``FLOWBOOK_TRUST_DATASTORE=1``."""
     url = url or default_datastore_url()
     if url.startswith("file://"):
-        return LocalStorage(url[len("file://") :], create=create)
+        return LocalStorage(url[len("file://") :], create=create, trusted=trusted)
     if "://" not in url:
-        return LocalStorage(url, create=create)
+        return LocalStorage(url, create=create, trusted=trusted)
     return FsspecStorage(url)
