@@ -37,7 +37,7 @@ from ..exceptions import ArtifactError, CorruptBlobError, DatastoreError
 from ..plain import Plain
 from . import hashing, pickling
 from .pickling import cpickle
-from .storage import Storage
+from .storage import DatastoreWriteError, Storage
 
 MAGIC = b"FBK2"
 LEGACY_MAGIC = b"FBK1"
@@ -149,6 +149,10 @@ class MappedBlob(Plain):
         return pagemap.unwritten(base, view.nbytes) is True
 
 
+def _what(artifact_name: str) -> str:
+    return f"artifact '{artifact_name}'" if artifact_name else "a blob"
+
+
 class BlobStore:
     """Put and get Python objects by content hash."""
 
@@ -174,11 +178,14 @@ class BlobStore:
         if inline and size <= INLINE_LIMIT:
             data = b"".join(chunks)
             return StoredBlob(hashing.blob_name([data])[0], size, data)
-        if size >= hashing.PARALLEL_FROM and self.storage.is_local:
-            sha, file_id = self._write_while_hashing(chunks)
-            return StoredBlob(sha, size, file_id=file_id)
-        sha, _ = hashing.blob_name(chunks)
-        self._write_named(sha, chunks)
+        try:
+            if size >= hashing.PARALLEL_FROM and self.storage.is_local:
+                sha, file_id = self._write_while_hashing(chunks)
+                return StoredBlob(sha, size, file_id=file_id)
+            sha, _ = hashing.blob_name(chunks)
+            self._write_named(sha, chunks)
+        except DatastoreWriteError as exc:  # name the artifact, not "blobs/..."
+            raise exc.about(_what(artifact_name)) from None
         return StoredBlob(sha, size)
 
     def put_again(
@@ -195,7 +202,10 @@ class BlobStore:
         if inline and size <= INLINE_LIMIT:
             return StoredBlob(name, size, b"".join(chunks))
         if name != sha:  # changed: the blob ``sha`` exists, this one may not
-            self._write_named(name, chunks)
+            try:
+                self._write_named(name, chunks)
+            except DatastoreWriteError as exc:
+                raise exc.about(_what(artifact_name)) from None
         return StoredBlob(name, size)
 
     def _write_named(self, sha: str, chunks: list[bytes | memoryview]) -> None:

@@ -4,10 +4,17 @@ The task writes its own record: ``<attempt>.start.json`` when it begins and
 ``<attempt>.done.json`` when it ends, successful or not. Its stdout and stderr go,
 at the file-descriptor level, to the attempt's log files, so output of C extensions
 and subprocesses is captured too and the scheduler can tail them live.
+
+When an artifact cannot be stored (the disk is full, the datastore read-only) the
+attempt fails with a message naming the artifact, the task and the reason. When
+not even its record can be written, the task says why in one line on the task
+server's own stderr (the terminal of ``python flow.py run``), which it keeps
+aside before redirecting its output, and exits with ``EXIT_CANNOT_RECORD``.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -16,8 +23,9 @@ import time
 from ..current_task import current
 from ..datastore import Datastore
 from ..datastore.blobs import type_name
+from ..datastore.storage import DatastoreWriteError, make_dirs, open_storage
 from ..decorators import step_settings
-from ..exceptions import FlowbookError, StepException, TransitionError
+from ..exceptions import DatastoreError, FlowbookError, StepException, TransitionError
 from ..graph import FlowGraph
 from .context import TaskContext
 from .spec import TaskSpec
@@ -32,13 +40,77 @@ LAZY_MODULES = ("cloudpickle", "hashlib")
 
 _FLOWBOOK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
+#: The exit code of a task that could not write its record (``EX_TEMPFAIL``): it
+#: said why in one line on the task server's stderr.
+EXIT_CANNOT_RECORD = 75
+
+#: An OSError with one of these errnos means the datastore's disk may be full.
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
 
 def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
-    """Run the attempt described by ``spec``; return the process exit code."""
+    """Run the attempt described by ``spec``; return the process exit code: 0, 1 when
+    the step failed (recorded), ``EXIT_CANNOT_RECORD`` when no record could be written."""
     cold = [name for name in LAZY_MODULES if name not in sys.modules]
     os.setpgid(0, 0)  # the task leads a process group: a timeout kills its children too
-    _redirect_output(spec)
-    datastore = Datastore(spec.datastore_url)
+    try:  # the server's stderr: the last place to say why, if all else fails
+        terminal = os.dup(2)
+    except OSError:
+        terminal = -1
+    datastore = None
+    try:
+        _redirect_output(spec)
+        # the scheduler opened (and checked) this very datastore before starting the task
+        datastore = Datastore(storage=open_storage(spec.datastore_url, trusted=True))
+        return _run_attempt(spec, flow_cls, graph, datastore, cold)
+    except (DatastoreError, OSError, _RecordLost) as exc:
+        _tell_terminal(terminal, spec, exc, datastore)
+        return EXIT_CANNOT_RECORD
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+
+
+def _tell_terminal(
+    terminal: int, spec: TaskSpec, exc: BaseException, datastore: Datastore | None
+) -> None:
+    """One line on the server's stderr: this task could not record its result, and why."""
+    line = (
+        f"Flow {spec.flow_name}, task {spec.run_id}/{spec.step}/{spec.task_id} "
+        f"(attempt {spec.attempt}) could not record its result: {str(exc).rstrip('.')}"
+    )
+    problem = _space_problem(datastore)
+    line += f" ({problem})." if problem and problem not in line else "."
+    if terminal < 0:
+        return
+    try:
+        os.write(terminal, (line.replace("\n", " ") + "\n").encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+
+
+def _space_problem(datastore: Datastore | None) -> str | None:
+    try:
+        return datastore.storage.space_problem() if datastore is not None else None
+    except Exception:  # only ever a hint
+        return None
+
+
+def _cannot_store(spec: TaskSpec, exc: DatastoreWriteError) -> DatastoreWriteError:
+    """``exc`` (from storing an artifact) said from the task's point of view."""
+    return DatastoreWriteError(
+        f"Flow {spec.flow_name}, task {spec.run_id}/{spec.step}/{spec.task_id}: cannot "
+        f"store {exc.what} ({exc.reason}, {exc.root}).",
+        exc.root,
+        exc.what,
+        exc.reason,
+        exc.errno,
+    )
+
+
+def _run_attempt(
+    spec: TaskSpec, flow_cls: type, graph: FlowGraph, datastore: Datastore, cold: list[str]
+) -> int:
     started_at = time.time()
     base = {
         "flow": spec.flow_name,
@@ -84,9 +156,22 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
             else:
                 step_function(instance)
         transition = _check_transition(context, graph, spec)
-        if transition.get("foreach"):
-            transition["num_splits"] = context.foreach_split_count(instance, transition["foreach"])
-        artifacts = context.collect_artifacts(instance, as_blob=transition.get("foreach"))
+        foreach = transition.get("foreach")
+        if foreach:
+            transition["num_splits"] = context.foreach_split_count(instance, foreach)
+        try:
+            artifacts = context.collect_artifacts(instance, as_blob=foreach)
+            if foreach:
+                # every split reads the list by its hash: it must be a blob file, also
+                # when it arrived inline (a small list given as a Parameter)
+                foreach_entry = artifacts[foreach]
+                try:
+                    datastore.ensure_blob(foreach_entry)
+                except DatastoreWriteError as exc:
+                    raise exc.about(f"artifact '{foreach}'") from None
+                transition["sha"] = foreach_entry["sha"]
+        except DatastoreWriteError as exc:
+            raise _cannot_store(spec, exc) from None
         record = dict(
             base,
             status="successful",
@@ -94,22 +179,26 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
             dropped=context.dropped,
             next=transition,
         )
-        if transition.get("foreach"):
-            # every split reads the list by its hash: it must be a blob file, also
-            # when it arrived inline (a small list given as a Parameter)
-            foreach_entry = artifacts[transition["foreach"]]
-            datastore.ensure_blob(foreach_entry)
-            transition["sha"] = foreach_entry["sha"]
         exit_code = 0
     except BaseException as exc:  # the user's code may raise anything, even SystemExit
         text = format_user_traceback(exc)
-        sys.stderr.write(text)
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            # e.g. a print() to a log file on a full disk: say which disk
+            problem = _space_problem(datastore)
+            if problem:
+                message = f"{message} ({problem})"
+                text = f"{text.rstrip()} ({problem})\n"
+        try:
+            sys.stderr.write(text)
+        except (OSError, ValueError):  # the log file's disk may be the full one
+            pass
         record = dict(
             base,
             status="failed",
             exception={
                 "type": type_name(exc),
-                "message": str(exc),
+                "message": message,
                 "traceback": text,
             },
         )
@@ -121,12 +210,26 @@ def execute_task(spec: TaskSpec, flow_cls: type, graph: FlowGraph) -> int:
         # later tasks start with them
         record["warm"] = needed
     _flush_output()
-    if not datastore.storage.is_local:
-        _upload_logs(datastore, spec)
-    datastore.write_attempt_done(
-        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, record
-    )
+    try:
+        if not datastore.storage.is_local:
+            _upload_logs(datastore, spec)
+        datastore.write_attempt_done(
+            spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, record
+        )
+    except (DatastoreError, OSError) as exc:
+        if "exception" not in record:
+            raise
+        # the step's own failure is the first thing the terminal line must tell
+        failure = record["exception"]
+        raise _RecordLost(
+            f"{str(exc).rstrip('.')}; the step had failed with "
+            f"{failure['type']}: {failure['message']}"
+        ) from None
     return exit_code
+
+
+class _RecordLost(Exception):
+    """The record of a failed attempt could not be written (see ``_tell_terminal``)."""
 
 
 def _store_caught_exception(
@@ -211,7 +314,7 @@ def _redirect_output(spec: TaskSpec) -> None:
     os.dup2(devnull, 0)
     os.close(devnull)
     for fd, path in ((1, spec.stdout_path), (2, spec.stderr_path)):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        make_dirs(os.path.dirname(path))
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(handle, fd)
         os.close(handle)
