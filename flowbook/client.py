@@ -7,6 +7,12 @@ Everything is read from the datastore (``FLOWBOOK_DATASTORE`` or ``./.flowbook``
 
 Namespaces work as in Metaflow: by default you see your own runs (``user:<you>``);
 ``namespace(None)`` shows everyone's, ``namespace('team:x')`` runs with that tag.
+
+Every id and name of a pathspec is checked against flowbook's grammar
+(:mod:`flowbook.names`) before anything is read: a bad one raises
+InvalidNameError naming it. A record that cannot be read raises
+CorruptRecordError naming its file; listings (``Flow.runs()``, ``latest_run``...)
+leave such a run out with a CorruptRecordWarning.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from .datastore import Datastore, default_datastore_url
-from .exceptions import ClientNotFound, MissingArtifactError
+from .datastore.records import warn_corrupt
+from .exceptions import ClientNotFound, CorruptRecordError, MissingArtifactError
 from .identity import current_user
+from .names import check_name, check_pathspec, check_run_id, check_task_id
 
 _DEFAULT = object()
 _state: dict[str, Any] = {"namespace": _DEFAULT, "datastore_url": None, "datastores": {}}
@@ -66,11 +74,8 @@ def _in_namespace(run_record: dict) -> bool:
 
 
 def _split(pathspec: str, parts: int, kind: str) -> list[str]:
-    pieces = pathspec.strip("/").split("/")
-    if len(pieces) != parts or not all(pieces):
-        example = "/".join(["Flow", "run_id", "step", "task_id", "name"][:parts])
-        raise ClientNotFound(f"{kind} pathspec {pathspec!r} is not of the form '{example}'.")
-    return pieces
+    """The parts of a pathspec, each checked (InvalidNameError names a bad one)."""
+    return check_pathspec(pathspec, parts, kind)
 
 
 # ---------------------------------------------------------------------- objects
@@ -117,9 +122,15 @@ class Flow(_ClientObject):
             raise ClientNotFound(f"Flow {name} has no runs in datastore {self._ds.url}.")
 
     def runs(self, *tags: str) -> Iterator[Run]:
-        """Runs in the current namespace (with all of ``tags``), newest first."""
+        """Runs in the current namespace (with all of ``tags``), newest first.
+
+        A run whose ``run.json`` is corrupt is left out with a CorruptRecordWarning."""
         for run_id in self._ds.list_runs(self.id):
-            record = self._ds.read_run(self.id, run_id)
+            try:
+                record = self._ds.read_run(self.id, run_id)
+            except CorruptRecordError as exc:
+                warn_corrupt(f"Skipping run {self.id}/{run_id}: {exc}")
+                continue
             if record is None or not _in_namespace(record):
                 continue
             all_tags = set(record.get("tags", [])) | set(record.get("system_tags", []))
@@ -130,6 +141,7 @@ class Flow(_ClientObject):
         return self.runs()
 
     def __getitem__(self, run_id: str) -> Run:
+        check_run_id(run_id)
         return Run(f"{self.id}/{run_id}", _datastore_obj=self._ds)
 
     @property
@@ -138,7 +150,14 @@ class Flow(_ClientObject):
 
     @property
     def latest_successful_run(self) -> Run | None:
-        return next((r for r in self.runs() if r.successful), None)
+        """The newest successful run; one whose outcome cannot be read is skipped."""
+        for run in self.runs():
+            try:
+                if run.successful:
+                    return run
+            except CorruptRecordError as exc:
+                warn_corrupt(f"Skipping run {run.pathspec}: {exc}")
+        return None
 
 
 class Run(_ClientObject):
@@ -180,6 +199,7 @@ class Run(_ClientObject):
         return self.steps()
 
     def __getitem__(self, step_name: str) -> Step:
+        check_name(step_name, "step name")
         if step_name not in self._ds.list_steps(self.flow_name, self.id):
             raise ClientNotFound(f"Run {self.pathspec} has no step '{step_name}'.")
         return Step(f"{self.pathspec}/{step_name}", _run=self)
@@ -276,6 +296,7 @@ class Step(_ClientObject):
         return self.tasks()
 
     def __getitem__(self, task_id: str) -> Task:
+        check_task_id(task_id)
         if task_id not in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
             raise ClientNotFound(f"Step {self.pathspec} has no task {task_id}.")
         return Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
@@ -361,8 +382,12 @@ class Task(_ClientObject):
         return {k: self._record.get(k) for k in keep if k in self._record}
 
     def _log(self, stream: str) -> str:
-        self._record  # noqa: B018
-        attempt = max(self._attempt or 0, 0)
+        try:
+            self._record  # noqa: B018 - loads the attempt number
+            attempt = max(self._attempt or 0, 0)
+        except CorruptRecordError:  # the log needs only the attempt's number
+            attempts = self._ds.task_attempts(self.flow_name, self.run_id, self.step_name, self.id)
+            attempt = max(attempts, default=0)
         return self._ds.read_log(
             self.flow_name, self.run_id, self.step_name, self.id, attempt, stream
         )

@@ -60,6 +60,21 @@ class CorruptBlobError(DatastoreError):
     headline = "corrupt artifact blob"
 
 
+class CorruptRecordError(DatastoreError):
+    """A run or task record (``run.json``, ``status.json``, ``done.json``...) cannot be
+    read: not JSON, not a JSON object, or a field of the wrong type. Names the file."""
+
+    headline = "corrupt record"
+
+
+class FlowbookWarning(UserWarning):
+    """Base class of the warnings flowbook gives (a one-line message)."""
+
+
+class CorruptRecordWarning(FlowbookWarning):
+    """A corrupt record was skipped (a run left out of a listing, a task run again)."""
+
+
 class ArtifactError(FlowbookError):
     """An artifact cannot be stored or read (unpicklable, not available here)."""
 

@@ -1,23 +1,46 @@
-"""``logs`` and ``dump``: print what a past run stored, addressed by ``RUN/STEP[/TASK]``."""
+"""``logs`` and ``dump``: print what a past run stored, addressed by ``RUN/STEP[/TASK]``.
+
+Each part of the pathspec is checked against flowbook's grammar (names.py) before
+anything is read. ``logs`` needs no task record, so it prints the output of a task
+whose record is corrupt; ``dump`` prints every task it can read, names each record
+it cannot (on stderr), and then exits 1.
+"""
 
 from __future__ import annotations
 
 import click
 
-from ..exceptions import ClientError, FlowbookError
+from ..exceptions import ClientError, CorruptRecordError, FlowbookError, InvalidNameError
+from ..names import check, shown
+
+_FORM = "RUN_ID/STEP[/TASK_ID]"
 
 
-def _tasks(flow_name: str, pathspec: str, datastore: str | None):
+def check_task_pathspec(flow_name: str, pathspec: str, command: str) -> list[str]:
+    """The parts of a ``RUN_ID/STEP[/TASK_ID]`` pathspec given to ``command``, checked."""
+    parts = pathspec.strip("/").split("/")
+    if len(parts) not in (2, 3):
+        raise InvalidNameError(
+            f"Flow {flow_name}: {command} {shown(pathspec)} is not a pathspec of the form {_FORM}."
+        )
+    labels = ("run id", "step name", "task id")
+    for label, part in zip(labels, parts, strict=False):
+        try:
+            check(part, label, leading_underscore=label == "step name")
+        except InvalidNameError as exc:
+            raise InvalidNameError(
+                f"Flow {flow_name}: {command} {shown(pathspec)}: {exc}"
+            ) from None
+    return parts
+
+
+def _tasks(flow_name: str, pathspec: str, datastore: str | None, command: str) -> list:
     from .. import client
 
     if datastore:
         client.datastore(datastore)
     client.namespace(None)
-    parts = pathspec.strip("/").split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise FlowbookError(
-            f"Flow {flow_name}: {pathspec!r} is not a pathspec of the form RUN_ID/STEP[/TASK_ID]."
-        )
+    parts = check_task_pathspec(flow_name, pathspec, command)
     try:
         step = client.Step(f"{flow_name}/{parts[0]}/{parts[1]}")
         return [step[parts[2]]] if len(parts) == 3 else list(step)
@@ -40,7 +63,7 @@ def add_inspection_commands(cli: click.Group, flow_name: str) -> None:
     @click.option("--stderr", "show_stderr", is_flag=True, help="Print stderr instead.")
     @click.pass_context
     def logs(ctx: click.Context, pathspec: str, show_stderr: bool) -> None:
-        tasks = _tasks(flow_name, pathspec, ctx.obj["datastore"])
+        tasks = _tasks(flow_name, pathspec, ctx.obj["datastore"], "logs")
         for task in tasks:
             text = task.stderr if show_stderr else task.stdout
             if len(tasks) > 1:
@@ -51,12 +74,24 @@ def add_inspection_commands(cli: click.Group, flow_name: str) -> None:
     @click.argument("pathspec")
     @click.pass_context
     def dump(ctx: click.Context, pathspec: str) -> None:
-        tasks = _tasks(flow_name, pathspec, ctx.obj["datastore"])
+        tasks = _tasks(flow_name, pathspec, ctx.obj["datastore"], "dump")
+        unreadable = 0
         for task in tasks:
-            click.echo(f"{task.pathspec} ({'successful' if task.successful else 'not successful'})")
+            try:
+                successful = task.successful
+            except CorruptRecordError as exc:
+                unreadable += 1
+                click.echo(f"{task.pathspec}: {exc}", err=True)
+                continue
+            click.echo(f"{task.pathspec} ({'successful' if successful else 'not successful'})")
             artifacts = sorted(task, key=lambda a: a.id)
             width = max((len(a.id) for a in artifacts), default=0)
             type_width = max((len(a.type) for a in artifacts), default=0)
             for artifact in artifacts:
                 value = short_repr(artifact.data)
                 click.echo(f"  {artifact.id:<{width}}  {artifact.type:<{type_width}}  {value}")
+        if unreadable:
+            raise FlowbookError(
+                f"Flow {flow_name}: {unreadable} of {len(tasks)} task(s) of {pathspec} have "
+                "a corrupt record (named above)."
+            )

@@ -28,7 +28,8 @@ import os
 import time
 
 from .. import jsonio
-from ..exceptions import CorruptBlobError
+from ..exceptions import CorruptBlobError, CorruptRecordError
+from ..names import check, is_valid
 from .blobs import BlobStore, MappedBlob, type_name
 from .storage import Storage, open_storage
 
@@ -51,6 +52,141 @@ def _dumps(record: dict) -> bytes:
     return jsonio.dumps(record, default=str).encode()
 
 
+def _refuse_path(flow: object, run_id: object, step: object = "s", task_id: object = "1") -> None:
+    """Raise InvalidNameError for the first part of a record path outside the grammar."""
+    check(flow, "flow name", leading_underscore=True)
+    check(run_id, "run id")
+    check(step, "step name", leading_underscore=True)
+    check(task_id, "task id")
+
+
+# ---------------------------------------------------------------------- record shapes
+# What a reader may rely on: the JSON type of each field a record has (a field may be
+# missing). A record of another shape is corrupt, like one that is not JSON at all.
+_NUMBER = (int, float)
+_RUN_FIELDS: dict[str, type | tuple] = {
+    "flow": str,
+    "run_id": str,
+    "user": str,
+    "tags": list,
+    "system_tags": list,
+    "created_at": _NUMBER,
+    "parameters": dict,
+    "graph": dict,
+    "origin_run_id": (str, type(None)),
+}
+_STATUS_FIELDS: dict[str, type | tuple] = {
+    "successful": bool,
+    "finished_at": _NUMBER,
+    "failures": list,
+}
+_ATTEMPT_FIELDS: dict[str, type | tuple] = {
+    "flow": str,
+    "run_id": str,
+    "step": str,
+    "task_id": str,
+    "attempt": int,
+    "status": str,
+    "started_at": _NUMBER,
+    "finished_at": _NUMBER,
+    "parents": list,
+    "split_stack": list,
+    "foreach_stack": list,
+    "artifacts": dict,
+    "dropped": dict,
+    "next": dict,
+    "exception": dict,
+    "warm": list,
+    "origin_pathspec": str,
+}
+_JSON_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _kind(value: object) -> str:
+    return _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _shape_error(record: dict, fields: dict[str, type | tuple]) -> str | None:
+    """What is wrong with the shape of ``record`` (None: nothing)."""
+    for name, types in fields.items():
+        if name in record and not isinstance(record[name], types):
+            return f"its field '{name}' is {_kind(record[name])}"
+    return None
+
+
+def _run_shape_error(record: dict) -> str | None:
+    problem = _shape_error(record, _RUN_FIELDS)
+    if problem:
+        return problem
+    for name in ("tags", "system_tags"):
+        if not all(isinstance(tag, str) for tag in record.get(name, ())):
+            return f"its field '{name}' holds something other than strings"
+    for name, entry in record.get("parameters", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha"), str):
+            return f"its parameter '{name}' is not an artifact entry"
+    steps = record.get("graph", {}).get("steps", [])
+    if not isinstance(steps, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) for s in steps
+    ):
+        return "its field 'graph' has no list of named steps"
+    return None
+
+
+def _attempt_shape_error(record: dict) -> str | None:
+    problem = _shape_error(record, _ATTEMPT_FIELDS)
+    if problem:
+        return problem
+    for name, entry in record.get("artifacts", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha"), str):
+            return f"its artifact '{name}' is not an artifact entry"
+    exception = record.get("exception")
+    if exception is not None and not (
+        isinstance(exception.get("type"), str) and isinstance(exception.get("message"), str)
+    ):
+        return "its field 'exception' has no type and message"
+    for name in ("split_stack", "foreach_stack"):
+        if not all(isinstance(frame, dict) for frame in record.get(name, ())):
+            return f"its field '{name}' holds something other than objects"
+    return None
+
+
+def _status_shape_error(record: dict) -> str | None:
+    return _shape_error(record, _STATUS_FIELDS)
+
+
+def _index_shape_error(record: dict) -> str | None:
+    if record.get("v") != 1:
+        return f"its version is {shown_value(record.get('v'))}, not 1"
+    tasks = record.get("tasks")
+    if not isinstance(tasks, dict):
+        return f"its field 'tasks' is {_kind(tasks)}"
+    for task_id, task in tasks.items():
+        if not is_valid(task_id):
+            return f"it names a task {shown_value(task_id)} outside the grammar of task ids"
+        if not isinstance(task, dict):
+            return f"its task {task_id} is {_kind(task)}"
+        problem = _attempt_shape_error(task)
+        if problem is None and not isinstance(task.get("attempt"), int):
+            problem = "it has no attempt number"
+        if problem:
+            return f"its task {task_id}: {problem}"
+    return None
+
+
+def shown_value(value: object) -> str:
+    from ..names import shown
+
+    return shown(value, 40)
+
+
 class Datastore:
     """One datastore: blobs plus run and task records under one root."""
 
@@ -60,12 +196,33 @@ class Datastore:
         self.blobs = BlobStore(self.storage)
 
     # ---------------------------------------------------------------- paths
+    # Every part of a record's path is checked against the grammar of names.py here,
+    # the last line of defence under the checks where ids enter (Client, CLI, resume):
+    # no part can be '..', hold a '/', a NUL or anything else a path must not.
+    @staticmethod
+    def flow_path(flow: str) -> str:
+        if not is_valid(flow, True):
+            _refuse_path(flow, "1")
+        return f"flows/{flow}"
+
     @staticmethod
     def run_path(flow: str, run_id: str) -> str:
+        if not (is_valid(flow, True) and is_valid(run_id)):
+            _refuse_path(flow, run_id)
         return f"flows/{flow}/{run_id}"
 
     @staticmethod
+    def step_path(flow: str, run_id: str, step: str) -> str:
+        if not (is_valid(flow, True) and is_valid(run_id) and is_valid(step, True)):
+            _refuse_path(flow, run_id, step)
+        return f"flows/{flow}/{run_id}/{step}"
+
+    @staticmethod
     def task_path(flow: str, run_id: str, step: str, task_id: str) -> str:
+        if not (
+            is_valid(flow, True) and is_valid(run_id) and is_valid(step, True) and is_valid(task_id)
+        ):
+            _refuse_path(flow, run_id, step, task_id)
         return f"flows/{flow}/{run_id}/{step}/{task_id}"
 
     def attempt_file(
@@ -98,27 +255,55 @@ class Datastore:
         self.storage.write_bytes(f"{self.run_path(flow, run_id)}/run.json", _dumps(record))
 
     def read_run(self, flow: str, run_id: str) -> dict | None:
-        return self._read_json(f"{self.run_path(flow, run_id)}/run.json")
+        """The run's record, None when it has none; CorruptRecordError when unreadable."""
+        return self._read_json(f"{self.run_path(flow, run_id)}/run.json", _run_shape_error)
 
     def write_run_status(self, flow: str, run_id: str, record: dict) -> None:
         self.storage.write_bytes(f"{self.run_path(flow, run_id)}/status.json", _dumps(record))
 
     def read_run_status(self, flow: str, run_id: str) -> dict | None:
-        return self._read_json(f"{self.run_path(flow, run_id)}/status.json")
+        """The run's outcome once it ended, else None; CorruptRecordError when unreadable."""
+        return self._read_json(f"{self.run_path(flow, run_id)}/status.json", _status_shape_error)
 
     def list_flows(self) -> list[str]:
-        return sorted(self.storage.list("flows"))
+        return sorted(name for name in self.storage.list("flows") if is_valid(name, True))
 
     def list_runs(self, flow: str) -> list[str]:
-        """Run ids of a flow, newest first."""
-        runs = [r for r in self.storage.list(f"flows/{flow}") if r.isdigit()]
-        return sorted(runs, key=int, reverse=True)
+        """Run ids of a flow, newest first.
+
+        Every entry that is a valid run id is listed (names.py), so runs created by an
+        orchestrator (``argo-...``, ``sfn-<uuid>``) are too. An id of digits only is
+        flowbook's own: microseconds since the epoch, so its time costs no read. Any
+        other id is placed by its ``run.json``'s ``created_at`` (one small read each);
+        one without a readable ``run.json`` (being created, or corrupt) sorts last.
+        Equal times are ordered by id.
+        """
+        keyed = []
+        for run_id in self.storage.list(self.flow_path(flow)):
+            if not is_valid(run_id):
+                continue
+            if run_id.isdigit():
+                keyed.append((int(run_id), run_id))
+            else:
+                keyed.append((self._created_us(flow, run_id), run_id))
+        keyed.sort(reverse=True)
+        return [run_id for _, run_id in keyed]
+
+    def _created_us(self, flow: str, run_id: str) -> int:
+        """When a run with a non-numeric id was created, in microseconds (0: unknown)."""
+        try:
+            record = self.read_run(flow, run_id)
+        except CorruptRecordError:
+            return 0
+        created = record.get("created_at") if record else None
+        return int(created * 1e6) if isinstance(created, _NUMBER) and created > 0 else 0
 
     def list_steps(self, flow: str, run_id: str) -> list[str]:
-        return [name for name in self.storage.list(self.run_path(flow, run_id)) if "." not in name]
+        names = self.storage.list(self.run_path(flow, run_id))
+        return [name for name in names if "." not in name and is_valid(name, True)]
 
     def list_tasks(self, flow: str, run_id: str, step: str) -> list[str]:
-        tasks = self.storage.list(f"{self.run_path(flow, run_id)}/{step}")
+        tasks = [t for t in self.storage.list(self.step_path(flow, run_id, step)) if is_valid(t)]
         return sorted(tasks, key=lambda t: (len(t), t))
 
     # ---------------------------------------------------------------- step indexes
@@ -128,13 +313,21 @@ class Datastore:
         for record in records:
             by_step.setdefault(record["step"], {})[record["task_id"]] = record
         for step, tasks in by_step.items():
-            path = f"{self.run_path(flow, run_id)}/{step}.tasks.json"
+            path = f"{self.step_path(flow, run_id, step)}.tasks.json"
             self.storage.write_bytes(path, _dumps({"v": 1, "tasks": tasks}))
 
     def read_step_index(self, flow: str, run_id: str, step: str) -> dict[str, dict] | None:
-        """{task_id: final record} for a step of a finished run, or None."""
-        index = self._read_json(f"{self.run_path(flow, run_id)}/{step}.tasks.json")
-        return index.get("tasks") if index and index.get("v") == 1 else None
+        """{task_id: final record} for a step of a finished run, or None.
+
+        The index is a copy of the task records: when it is corrupt, a
+        CorruptRecordWarning names it and None sends the reader to the task records."""
+        path = f"{self.step_path(flow, run_id, step)}.tasks.json"
+        try:
+            index = self._read_json(path, _index_shape_error)
+        except CorruptRecordError as exc:
+            warn_corrupt(f"{exc} Reading the step's task records instead.")
+            return None
+        return index["tasks"] if index is not None else None
 
     # ---------------------------------------------------------------- tasks
     def write_attempt_start(
@@ -152,7 +345,10 @@ class Datastore:
     def read_attempt_done(
         self, flow: str, run_id: str, step: str, task_id: str, attempt: int
     ) -> dict | None:
-        return self._read_json(self.attempt_file(flow, run_id, step, task_id, attempt, "done.json"))
+        """The attempt's final record, None while it has none; CorruptRecordError
+        (naming the file) when it cannot be read."""
+        path = self.attempt_file(flow, run_id, step, task_id, attempt, "done.json")
+        return self._read_json(path, _attempt_shape_error)
 
     def task_attempts(self, flow: str, run_id: str, step: str, task_id: str) -> dict[int, set]:
         """Which files exist for each attempt: {attempt: {"start.json", "done.json", ...}}."""
@@ -164,7 +360,10 @@ class Datastore:
         return attempts
 
     def latest_attempt(self, flow: str, run_id: str, step: str, task_id: str) -> tuple[int, dict]:
-        """The latest attempt number and its record (done, else start, else {})."""
+        """The latest attempt number and its record (done, else start, else {}).
+
+        CorruptRecordError when the record that exists cannot be read: a corrupt
+        ``done.json`` is not replaced by its ``start.json`` (that would say "running")."""
         attempts = self.task_attempts(flow, run_id, step, task_id)
         if not attempts:
             return -1, {}
@@ -173,7 +372,8 @@ class Datastore:
         for kind in ("done.json", "start.json"):
             if kind in kinds:
                 record = self._read_json(
-                    self.attempt_file(flow, run_id, step, task_id, number, kind)
+                    self.attempt_file(flow, run_id, step, task_id, number, kind),
+                    _attempt_shape_error,
                 )
                 if record is not None:
                     if kind == "start.json":
@@ -239,11 +439,43 @@ class Datastore:
         return self.blobs.load(entry["sha"], what=what, inline=data)
 
     # ---------------------------------------------------------------- helpers
-    def _read_json(self, path: str) -> dict | None:
+    def where(self, path: str) -> str:
+        """Where a path under the root is, as a user would look for it."""
+        local = self.storage.local_path(path) if self.storage.is_local else None
+        return local or f"{self.url.rstrip('/')}/{path}"
+
+    def _read_json(self, path: str, shape_error: Any = None) -> dict | None:
+        """The JSON object stored at ``path``; None when there is none.
+
+        Anything else there (not UTF-8, not JSON, nested too deep, not an object, or
+        of a shape ``shape_error(record)`` describes) raises CorruptRecordError, one
+        line naming the file."""
         try:
             data = self.storage.read_bytes(path)
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # missing (or not a file): no record
             return None
-        except OSError:
-            return None
-        return jsonio.loads(data)
+        try:
+            record = jsonio.loads(data)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            reason = " ".join(str(exc).split())
+            if len(reason) > 100:
+                reason = reason[:97] + "..."
+            raise self._corrupt(path, f"not a JSON text ({reason or type(exc).__name__})") from None
+        if not isinstance(record, dict):
+            raise self._corrupt(path, f"it holds {_kind(record)}, not a JSON object")
+        problem = shape_error(record) if shape_error is not None else None
+        if problem:
+            raise self._corrupt(path, problem)
+        return record
+
+    def _corrupt(self, path: str, reason: str) -> CorruptRecordError:
+        return CorruptRecordError(f"Corrupt record {self.where(path)}: {reason}.")
+
+
+def warn_corrupt(message: str) -> None:
+    """Give a CorruptRecordWarning (one line) for a record that was skipped."""
+    import warnings
+
+    from ..exceptions import CorruptRecordWarning
+
+    warnings.warn(message, CorruptRecordWarning, stacklevel=3)

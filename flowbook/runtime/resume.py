@@ -11,6 +11,12 @@ So after a failure, the failed tasks and everything downstream of them run again
 while in a foreach whose body failed in only some splits, the other splits are
 cloned. A clone copies the origin's record (its artifact index points at the same
 blobs: no artifact data is copied) and records ``origin_pathspec``.
+
+Every face (command line, Runner, notebook) comes through :func:`find_origin_run`
+and :class:`ResumePlan`, so the origin run id is checked here (names.py): an id
+such as ``../../other/flows/F/1`` cannot reach outside the flow's directory. An
+origin whose ``run.json`` is corrupt is refused naming the file; a task record of
+the origin that is corrupt is skipped with a warning, so that task runs again.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import time
 
 from ..datastore import Datastore
-from ..exceptions import FlowbookError
+from ..datastore.records import warn_corrupt
+from ..exceptions import CorruptRecordError, FlowbookError
 from ..graph import FlowGraph
+from ..names import check
 
 
 def task_identity(step: str, split_stack: list[dict]) -> tuple:
@@ -33,15 +41,24 @@ def task_identity(step: str, split_stack: list[dict]) -> tuple:
 
 
 def find_origin_run(datastore: Datastore, flow: str, user: str) -> str:
-    """The latest run of ``flow`` started by ``user`` (else by anyone)."""
-    runs = datastore.list_runs(flow)
-    if not runs:
-        raise FlowbookError(f"Flow {flow} has no run to resume in datastore {datastore.url}.")
-    for run_id in runs:
-        record = datastore.read_run(flow, run_id)
-        if record and record.get("user") == user:
+    """The latest run of ``flow`` started by ``user`` (else by anyone).
+
+    A run whose ``run.json`` is corrupt is passed over with a CorruptRecordWarning."""
+    readable = []
+    for run_id in datastore.list_runs(flow):
+        try:
+            record = datastore.read_run(flow, run_id)
+        except CorruptRecordError as exc:
+            warn_corrupt(f"Not resuming run {run_id}: {exc}")
+            continue
+        if record is None:
+            continue
+        if record.get("user") == user:
             return run_id
-    return runs[0]
+        readable.append(run_id)
+    if not readable:
+        raise FlowbookError(f"Flow {flow} has no run to resume in datastore {datastore.url}.")
+    return readable[0]
 
 
 def descendants(graph: FlowGraph, step: str) -> set[str]:
@@ -64,8 +81,14 @@ class ResumePlan:
     ) -> None:
         self.datastore = datastore
         self.flow = graph.name
-        self.origin_run_id = origin_run_id
-        if datastore.read_run(self.flow, origin_run_id) is None:
+        self.origin_run_id = check(origin_run_id, "origin run id")
+        try:
+            origin = datastore.read_run(self.flow, origin_run_id)
+        except CorruptRecordError as exc:
+            raise CorruptRecordError(
+                f"Flow {self.flow}: cannot resume run {origin_run_id}: {exc}"
+            ) from None
+        if origin is None:
             raise FlowbookError(
                 f"Flow {self.flow} has no run {origin_run_id} to resume in {datastore.url}."
             )
@@ -77,18 +100,40 @@ class ResumePlan:
         self.forced = descendants(graph, step) if step else set()
         self.successful: dict[tuple, dict] = {}
         for step_name in datastore.list_steps(self.flow, origin_run_id):
-            index = datastore.read_step_index(self.flow, origin_run_id, step_name)
-            if index is not None:  # the origin succeeded: its final records in one read
-                records = [(r["attempt"], r) for r in index.values()]
-            else:
-                records = [
-                    datastore.latest_attempt(self.flow, origin_run_id, step_name, task_id)
-                    for task_id in datastore.list_tasks(self.flow, origin_run_id, step_name)
-                ]
-            for attempt, record in records:
+            for task_id, attempt, record in self._final_records(step_name):
                 if record.get("status") == "successful":
-                    key = task_identity(step_name, record.get("split_stack", []))
-                    self.successful[key] = dict(record, attempt=attempt)
+                    try:
+                        key = task_identity(step_name, record.get("split_stack", []))
+                    except (KeyError, TypeError):
+                        warn_corrupt(
+                            f"Task {self.flow}/{origin_run_id}/{step_name}/{task_id} has a "
+                            "malformed split stack in its record; it will run again."
+                        )
+                        continue
+                    # where the record was found, not what it says, names its files
+                    self.successful[key] = dict(
+                        record,
+                        attempt=attempt,
+                        run_id=origin_run_id,
+                        step=step_name,
+                        task_id=task_id,
+                    )
+
+    def _final_records(self, step: str) -> list[tuple[str, int, dict]]:
+        """(task id, attempt, record) of each task of a step of the origin run."""
+        ds, flow, run_id = self.datastore, self.flow, self.origin_run_id
+        index = ds.read_step_index(flow, run_id, step)
+        if index is not None:  # the origin succeeded: its final records in one read
+            return [(task_id, r["attempt"], r) for task_id, r in index.items()]
+        records = []
+        for task_id in ds.list_tasks(flow, run_id, step):
+            try:
+                attempt, record = ds.latest_attempt(flow, run_id, step, task_id)
+            except CorruptRecordError as exc:
+                warn_corrupt(f"{exc} Task {flow}/{run_id}/{step}/{task_id} will run again.")
+                continue
+            records.append((task_id, attempt, record))
+        return records
 
     def clone_source(self, step: str, split_stack: list[dict], parents: list[dict]) -> dict | None:
         """The origin record to clone for this task, or None when it must run."""
