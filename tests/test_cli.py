@@ -231,5 +231,106 @@ def test_run_help_lists_options(run_flow):
     assert result.returncode == 0, result
     for option in ("--max-workers", "--max-num-splits", "--tag", "--splits", "--nap"):
         assert option in result.stdout
-    assert re.search(r"--max-workers.*16", result.stdout)
-    assert re.search(r"--max-num-splits[^\n]*\n?[^\n]*100", result.stdout)
+    text = " ".join(result.stdout.split())
+    assert re.search(r"--max-workers INTEGER [^-]*FLOWBOOK_RUN_MAX_WORKERS[^-]*default: 16", text)
+    assert re.search(r"--max-num-splits INTEGER [^-]*default: 100", text)
+    assert "--run-id-file" not in result.stdout and "--params-file" not in result.stdout
+
+
+TYPED_FLOW = """
+from flowbook import FlowSpec, IncludeFile, JSONType, Parameter, step
+
+class TypedFlow(FlowSpec):
+    factor = Parameter("factor", default=3, help="Multiplier")
+    rate = Parameter("rate", default=0.5)
+    flag = Parameter("flag", default=False)
+    name = Parameter("name", default="x")
+    config = Parameter("config", type=JSONType, default="{}")
+    data = IncludeFile("data", required=True)
+
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+if __name__ == "__main__":
+    TypedFlow()
+"""
+
+
+def test_run_help_shows_each_parameters_real_type(run_flow):
+    result = run_flow(TYPED_FLOW, "run", "--help")
+    assert result.returncode == 0, result
+    text = " ".join(result.stdout.split())
+    assert "--factor INTEGER Multiplier [default: 3]" in text
+    assert "--rate FLOAT [default: 0.5]" in text
+    assert "--flag BOOLEAN [default: False]" in text
+    assert "--name TEXT [default: 'x']" in text
+    assert "--config JSON [default: '{}']" in text
+    assert "--data FILE [required]" in text
+    assert "[int" not in text
+
+
+def test_run_parameters_still_convert_with_one_message_either_way(run_flow):
+    """Typed in the help, values are still converted by flowbook, not by click: the
+    same one-line message on the fast road and on click's."""
+    (run_flow.workdir / "d.txt").write_text("hi")
+    message = "Parameter 'factor' of flow TypedFlow expects int, got 'many'"
+    fast = run_flow(TYPED_FLOW, "run", "--data", "d.txt", "--factor", "many")
+    assert_refused(fast, message)
+    # a repeated parameter is left to click (the last one wins there)
+    clicked = run_flow(None, "run", "--data", "d.txt", "--factor", "1", "--factor", "many")
+    assert_refused(clicked, message)
+    assert fast.stderr == clicked.stderr
+
+
+@pytest.mark.parametrize(
+    "position",
+    [
+        ["--with", "retry:times=2", "--not-quiet", "--no-pylint", "run", "FLOW"],
+        ["run", "FLOW", "--with=retry:times=2", "--not-quiet", "--no-pylint"],
+        ["--not-quiet", "run", "FLOW", "--with", "retry:times=2"],
+    ],
+)
+def test_flowbook_program_takes_top_level_options_before_the_command_or_after_the_file(
+    run_flow, client, position
+):
+    import subprocess
+    import sys
+
+    path = run_flow.write(flow_source("sleepy"))
+    args = [str(path) if word == "FLOW" else word for word in position]
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowbook", *args, "--splits", "2", "--nap", "0", "--tag", "t"],
+        cwd=run_flow.workdir,
+        env=run_flow.env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = client.Flow("SleepyFlow").latest_run
+    assert run.successful and run.user_tags == {"t"}
+    steps = run._record["graph"]["steps"]
+    for step in steps:
+        retry = [d for d in step["decorators"] if d["name"] == "retry"]
+        assert retry and retry[0]["attributes"]["times"] == 2, step
+
+
+def test_flowbook_program_refuses_an_unknown_top_level_option(run_flow):
+    import subprocess
+    import sys
+
+    path = run_flow.write(flow_source("sleepy"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowbook", "--colour", "red", "run", str(path)],
+        cwd=run_flow.workdir,
+        env=run_flow.env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("flowbook: unknown option --colour (top-level options: --datastore")

@@ -17,11 +17,16 @@ def test_a_plain_run_is_read_with_its_defaults(monkeypatch):
     settings = read_plain_start(["run"], PARAMS)
     assert settings == {
         "command": "run",
+        "datastore": None,
         "decospecs": [],
+        "quiet": False,
+        "pylint": True,
         "tags": [],
         "parameters": {},
         "max_workers": 16,
         "max_num_splits": 100,
+        "run_id_file": None,
+        "params_file": None,
     }
 
 
@@ -53,6 +58,19 @@ def test_options_parameters_and_globals_are_read(monkeypatch):
     assert settings["parameters"] == {"alpha": "-3", "my-list": "[1, 2]"}
 
 
+def test_negative_flags_and_repeated_with_are_read():
+    settings = read_plain_start(
+        ["--quiet", "--not-quiet", "--with=retry", "--with", "catch", "--pylint", "run"], PARAMS
+    )
+    assert settings["quiet"] is False and settings["pylint"] is True
+    assert settings["decospecs"] == ["retry", "catch"]
+
+
+def test_the_params_file_option_is_read():
+    settings = read_plain_start(["run", "--params-file", "/tmp/p.json"], PARAMS)
+    assert settings["params_file"] == "/tmp/p.json"
+
+
 def test_resume_reads_a_step_and_an_origin():
     settings = read_plain_start(["resume", "train", "--origin-run-id", "123"], PARAMS)
     assert settings["command"] == "resume"
@@ -78,6 +96,10 @@ def test_resume_reads_a_step_and_an_origin():
         ["--quiet=yes", "run"],
         ["run", "--origin-run-id", "5"],  # only resume has it
         ["--max-workers", "3", "run"],  # a run option before the command
+        ["run", "--with", "retry"],  # a top-level option after the command
+        ["run", "--quiet"],
+        ["--not-quiet=1", "run"],
+        ["--with", "--quiet", "run"],  # --with's value is missing
     ],
 )
 def test_anything_else_is_left_to_click(argv):

@@ -7,7 +7,8 @@ command line made only of their plain options (``--name value`` pairs, the
 documented flags, a resume step) is read here without importing click. Anything
 else, ``--help``, an unknown option, a value that does not convert, any other
 command, goes to click, which prints the help or the error; the fast reading never
-decides a case differently, it only declines.
+decides a case differently, it only declines. Both read the options from
+:mod:`flowbook.options` and hand the same settings to :func:`start_run`.
 """
 
 from __future__ import annotations
@@ -17,30 +18,12 @@ import sys
 
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
+from ..options import COMMANDS, RESUME, RESUME_STEP, TOP, Option, by_name, defaults
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
-
-#: Options before the command: name -> (key, takes a value, value when a flag).
-GLOBAL_OPTIONS: dict[str, tuple[str, bool, Any]] = {
-    "--datastore": ("datastore", True, None),
-    "--with": ("decospecs", True, None),
-    "--quiet": ("quiet", False, True),
-    "--not-quiet": ("quiet", False, False),
-    "--pylint": ("pylint", False, True),
-    "--no-pylint": ("pylint", False, False),
-}
-#: Options of ``run`` and ``resume`` that take a value (besides the parameters).
-RUN_OPTIONS = {
-    "--max-workers": "max_workers",
-    "--max-num-splits": "max_num_splits",
-    "--tag": "tags",
-    "--run-id-file": "run_id_file",
-}
-RESUME_OPTIONS = {**RUN_OPTIONS, "--origin-run-id": "origin_run_id"}
-INT_OPTIONS = {"max_workers", "max_num_splits"}
-REPEATABLE = {"tags", "decospecs"}
 
 
 def fail(message: str) -> None:
@@ -51,79 +34,81 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def env_int(name: str, default: int) -> int:
-    """``FLOWBOOK_RUN_<name>`` (or ``METAFLOW_RUN_<name>``) as an int; ValueError if bad."""
-    value = os.environ.get(f"FLOWBOOK_RUN_{name}") or os.environ.get(f"METAFLOW_RUN_{name}")
-    return int(value) if value else default
-
-
-def read_plain_start(argv: list[str], parameter_names: set[str]) -> dict[str, Any] | None:
+def read_plain_start(
+    argv: list[str], parameter_names: set[str], environ: Mapping[str, str] | None = None
+) -> dict[str, Any] | None:
     """The settings of a plain ``run``/``resume`` command line, or None to defer to click.
 
     ``parameter_names`` are the flow's parameter option names (``--alpha`` -> ``alpha``).
+    The settings are those of :func:`flowbook.options.defaults` with what was given.
     """
-    settings: dict[str, Any] = {"decospecs": [], "tags": [], "parameters": {}}
+    given: dict[str, Any] = {}
     args = list(argv)
+    top = by_name(TOP)
     while args and args[0].startswith("--"):
-        name, value = _split(args.pop(0), args)
-        spec = GLOBAL_OPTIONS.get(name)
-        if spec is None:
+        name, value = _split(args.pop(0), args, top)
+        if not _take(given, top.get(name), name, value):
             return None
-        key, takes_value, flag_value = spec
-        if takes_value != (value is not None):
-            return None
-        _store(settings, key, value if takes_value else flag_value)
-    if not args or args[0] not in ("run", "resume"):
+    if not args or args[0] not in COMMANDS:
         return None
-    settings["command"] = command = args.pop(0)
-    options = RESUME_OPTIONS if command == "resume" else RUN_OPTIONS
+    command = args.pop(0)
+    options = by_name(command)
+    parameters: dict[str, str] = {}
+    step = None
     while args:
         arg = args.pop(0)
         if not arg.startswith("--"):
-            if command != "resume" or "step" in settings or arg.startswith("-"):
+            if command != RESUME or step is not None or arg.startswith("-"):
                 return None
-            settings["step"] = arg
+            step = arg
             continue
-        name, value = _split(arg, args)
-        if value is None:
-            return None
+        name, value = _split(arg, args, options)
         if name in options:
-            key = options[name]
-            if key in INT_OPTIONS:
-                try:
-                    value = int(value)
-                except ValueError:
-                    return None
-            _store(settings, key, value)
-        elif name[2:] in parameter_names and name[2:] not in settings["parameters"]:
-            settings["parameters"][name[2:]] = value
+            if not _take(given, options[name], name, value):
+                return None
+        elif value is not None and name[2:] in parameter_names and name[2:] not in parameters:
+            parameters[name[2:]] = value
         else:
             return None
     try:
-        settings.setdefault("max_workers", env_int("MAX_WORKERS", 16))
-        settings.setdefault("max_num_splits", env_int("MAX_NUM_SPLITS", 100))
-    except ValueError:
+        settings = defaults(command, environ)
+    except FlowbookError:
         return None  # click reports the bad environment value
+    settings.update(given, parameters=parameters)
+    if command == RESUME:
+        settings[RESUME_STEP] = step
     return settings
 
 
-def _split(arg: str, rest: list[str]) -> tuple[str, str | None]:
+def _split(arg: str, rest: list[str], options: dict[str, Option]) -> tuple[str, str | None]:
     """``--name=value`` or ``--name value`` (the value taken from ``rest``) or a flag."""
     if "=" in arg:
         name, _, value = arg.partition("=")
         return name, value
-    if arg in GLOBAL_OPTIONS and not GLOBAL_OPTIONS[arg][1]:
+    option = options.get(arg)
+    if option is not None and option.is_flag:
         return arg, None
     if rest and not rest[0].startswith("--"):
         return arg, rest.pop(0)
     return arg, None
 
 
-def _store(settings: dict[str, Any], key: str, value: Any) -> None:
-    if key in REPEATABLE:
-        settings[key].append(value)
+def _take(given: dict[str, Any], option: Option | None, name: str, value: str | None) -> bool:
+    """Store one option's value in ``given``; False when the fast reading must decline."""
+    if option is None or option.is_flag != (value is None):
+        return False
+    if option.is_flag:
+        given[option.key] = name == option.name
+        return True
+    try:
+        converted = option.convert(value)
+    except FlowbookError:
+        return False  # click says what is wrong
+    if option.repeatable:
+        given.setdefault(option.key, []).append(converted)
     else:
-        settings[key] = value
+        given[option.key] = converted
+    return True
 
 
 def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> bool:
@@ -137,7 +122,7 @@ def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> boo
         graph.apply_decospecs([parse_decospec(text) for text in settings["decospecs"]])
     flow_name = flow_cls.__name__
     parameters = flow_parameters(flow_cls)
-    given = settings["parameters"]
+    given = given_parameters(flow_name, settings)
     resume = settings["command"] == "resume"
     if resume:  # only the values given now, checked against the origin run's
         values = convert_given(flow_name, parameters, given)
@@ -151,13 +136,30 @@ def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> boo
         max_workers=settings["max_workers"],
         max_num_splits=settings["max_num_splits"],
         tags=list(settings["tags"]),
-        console=Console(quiet=settings.get("quiet", False)),
+        console=Console(quiet=settings["quiet"]),
         resume=resume,
         origin_run_id=settings.get("origin_run_id"),
-        resume_step=settings.get("step"),
-        run_id_file=settings.get("run_id_file"),
+        resume_step=settings.get(RESUME_STEP),
+        run_id_file=settings["run_id_file"],
     )
     return outcome.successful
+
+
+def given_parameters(flow_name: str, settings: Mapping[str, Any]) -> dict[str, str]:
+    """The parameter texts given: on the command line and in ``--params-file``."""
+    given = dict(settings["parameters"])
+    if settings.get("params_file"):
+        from ..exceptions import ParameterError
+        from ..options import read_params_file
+
+        for name, text in read_params_file(settings["params_file"]).items():
+            if name in given:
+                raise ParameterError(
+                    f"Flow {flow_name}: parameter '{name}' is given twice "
+                    f"(--{name} and --params-file)."
+                )
+            given[name] = text
+    return given
 
 
 def exit_process(code: int) -> None:

@@ -3,7 +3,8 @@
 Commands: ``check``, ``show``, ``run``, ``resume``, ``logs``, ``dump`` (and
 ``--help``). Top-level options come before the command, as in Metaflow:
 ``--datastore``, ``--quiet``, ``--with``, ``--no-pylint`` (accepted for
-compatibility; flowbook runs no linter). Every error a user can cause is printed as
+compatibility; flowbook runs no linter). The options of the group, ``run`` and
+``resume`` are built from the table in :mod:`flowbook.options`. Every error a user can cause is printed as
 one line naming the flow and exits with status 1. A plain ``run`` or ``resume``
 never gets here: :mod:`flowbook.cli.entry` reads those without importing click.
 """
@@ -12,54 +13,51 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from ..decorators import parse_decospec
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
-from ..parameters import flow_parameters
+from ..options import COMMANDS, RESUME, RESUME_STEP, RUN, TOP, Option, env_default, options_for
+from ..parameters import JSONType, Parameter, flow_parameters
 from . import inspect_cmds
-from .entry import env_int, fail, start_run
+from .entry import fail, start_run
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Starter = Callable[[type, FlowGraph, dict[str, Any]], bool]
+
+COMMAND_HELP = {
+    RUN: "Run the flow.",
+    RESUME: "Run again from STEP (default: the failed steps), reusing the successful "
+    "tasks of an earlier run.",
+}
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return env_int(name, default)
-    except ValueError:
-        value = os.environ.get(f"FLOWBOOK_RUN_{name}") or os.environ.get(f"METAFLOW_RUN_{name}")
-        raise click.BadParameter(f"FLOWBOOK_RUN_{name}={value!r} is not an integer") from None
-
-
-def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
+def build_cli(flow_cls: type, graph: FlowGraph, start: Starter = start_run) -> click.Group:
+    """The click command line of ``flow_cls``; ``run``/``resume`` call ``start`` with
+    their settings (the same as :func:`flowbook.cli.entry.read_plain_start` gives)."""
     flow_name = flow_cls.__name__
     parameters = flow_parameters(flow_cls)
 
-    @click.group(invoke_without_command=True, help=f"Commands of flow {flow_name}.")
-    @click.option("--datastore", default=None, help="Datastore URL (default ./.flowbook).")
-    @click.option("--quiet/--not-quiet", default=False, help="Show only errors.")
-    @click.option("--pylint/--no-pylint", default=True, help="Accepted for Metaflow compatibility.")
-    @click.option(
-        "--with",
-        "decospecs",
-        multiple=True,
-        help="Add a decorator to every step, e.g. --with retry:times=2 (repeatable).",
-    )
-    @click.pass_context
-    def cli(
-        ctx: click.Context,
-        datastore: str | None,
-        quiet: bool,
-        pylint: bool,
-        decospecs: tuple[str, ...],
-    ) -> None:
-        ctx.obj = {"datastore": datastore, "quiet": quiet}
-        if decospecs:
-            graph.apply_decospecs([parse_decospec(text) for text in decospecs])
+    def group(ctx: click.Context, **top: Any) -> None:
+        ctx.obj = top
+        if top["decospecs"] and ctx.invoked_subcommand not in COMMANDS:
+            graph.apply_decospecs([parse_decospec(text) for text in top["decospecs"]])
         if ctx.invoked_subcommand is None:
             click.echo(f"Flow {flow_name}: the graph looks good ({len(graph.nodes)} steps).")
             click.echo(ctx.get_help())
+
+    cli = click.Group(
+        invoke_without_command=True,
+        help=f"Commands of flow {flow_name}.",
+        callback=click.pass_context(group),
+        params=[_click_option(option) for option in options_for(TOP)],
+    )
 
     @cli.command(help="Validate the flow's graph without running anything.")
     def check() -> None:
@@ -71,83 +69,100 @@ def build_cli(flow_cls: type, graph: FlowGraph) -> click.Group:
             click.echo(flow_cls.__doc__.strip() + "\n")
         click.echo(graph.describe(), nl=False)
 
-    def start(kwargs: dict[str, Any], resume: bool) -> None:
-        ctx = click.get_current_context()
-        given = {p.name: kwargs.pop(_option_key(p.name)) for p in parameters.values()}
-        settings = dict(
-            kwargs,
-            command="resume" if resume else "run",
-            parameters={name: value for name, value in given.items() if value is not None},
-            datastore=ctx.obj["datastore"],
-            quiet=ctx.obj["quiet"],
-            decospecs=[],  # applied by the group callback
-            step=kwargs.get("step_to_rerun"),
-        )
-        if not start_run(flow_cls, graph, settings):
-            sys.exit(1)
+    def starter(command: str) -> Callable[..., None]:
+        def callback(**kwargs: Any) -> None:
+            given = {p.name: kwargs.pop(_option_key(p.name)) for p in parameters.values()}
+            settings = {"command": command, **click.get_current_context().obj}
+            for option in options_for(command):
+                value = kwargs.pop(option.key)
+                settings[option.key] = list(value) if option.repeatable else value
+            settings["decospecs"] = list(settings["decospecs"])
+            settings["parameters"] = {n: v for n, v in given.items() if v is not None}
+            if command == RESUME:
+                settings[RESUME_STEP] = kwargs.pop(RESUME_STEP)
+            if not start(flow_cls, graph, settings):
+                sys.exit(1)
 
-    common = [
-        click.Option(
-            ["--max-workers"],
-            type=int,
-            default=lambda: _env_int("MAX_WORKERS", 16),
-            show_default="16",
-            help="How many tasks run at once.",
-        ),
-        click.Option(
-            ["--max-num-splits"],
-            type=int,
-            default=lambda: _env_int("MAX_NUM_SPLITS", 100),
-            show_default="100",
-            help="The most splits one foreach may make.",
-        ),
-        click.Option(["--tag", "tags"], multiple=True, help="A tag for the run (repeatable)."),
-        click.Option(["--run-id-file"], default=None, hidden=True),
-    ]
-    for param in parameters.values():
-        common.append(
-            click.Option(
-                [f"--{param.name}", _option_key(param.name)],
-                type=str,
-                default=None,
-                help=(param.help or "")
-                + f" [{param.type_name}"
-                + (", required" if param.required else "")
-                + (
-                    f", default: {param.default!r}"
-                    if param.default is not None and not callable(param.default)
-                    else ""
-                )
-                + "]",
+        return callback
+
+    for command in COMMANDS:
+        params: list[click.Parameter] = []
+        if command == RESUME:
+            params.append(click.Argument([RESUME_STEP], required=False, metavar="[STEP]"))
+        params += [_click_option(option) for option in options_for(command)]
+        params += [_parameter_option(param) for param in parameters.values()]
+        cli.add_command(
+            click.Command(
+                command, callback=starter(command), params=params, help=COMMAND_HELP[command]
             )
         )
-    cli.add_command(
-        click.Command(
-            "run",
-            callback=lambda **kwargs: start(kwargs, resume=False),
-            params=list(common),
-            help="Run the flow.",
-        )
-    )
-    cli.add_command(
-        click.Command(
-            "resume",
-            callback=lambda **kwargs: start(kwargs, resume=True),
-            params=[
-                click.Argument(["step_to_rerun"], required=False),
-                click.Option(
-                    ["--origin-run-id"],
-                    default=None,
-                    help="The run to resume (default: your latest run of this flow).",
-                ),
-                *common,
-            ],
-            help="Run again from STEP (default: the failed steps), reusing the "
-            "successful tasks of an earlier run.",
-        )
-    )
     inspect_cmds.add_inspection_commands(cli, flow_name)
     return cli
+
+
+def _click_option(option: Option) -> click.Option:
+    """A click option from the table (its default read from the environment when run)."""
+    if option.is_flag:
+        return click.Option(
+            [f"{option.name}/{option.negative}", option.key],
+            default=option.default,
+            help=option.help,
+            hidden=option.hidden,
+        )
+    callback = None
+    help_text = option.help
+    if option.env:  # the table's default unless the environment gives one
+
+        def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+            if ctx.get_parameter_source(param.name) is ParameterSource.DEFAULT:
+                return env_default(option)  # a FlowbookError names the variable
+            return value
+
+        help_text += f" (default from ${option.env[0]} if set)"
+    return click.Option(
+        [option.name, option.key],
+        type=click.INT if option.kind is int else click.STRING,
+        multiple=option.repeatable,
+        default=() if option.repeatable else option.default,
+        show_default=option.default is not None,
+        metavar=option.metavar,
+        help=help_text,
+        hidden=option.hidden,
+        callback=callback,
+    )
+
+
+class _ParameterText(click.ParamType):
+    """A parameter's value as given: converted later by :mod:`flowbook.parameters`,
+    with the same errors as the fast reading gets; named by the parameter's type."""
+
+    def __init__(self, param: Parameter) -> None:
+        if param.is_file:
+            self.name = "file"
+        elif param.type is JSONType:
+            self.name = "json"
+        else:
+            self.name = {int: "integer", float: "float", bool: "boolean", str: "text"}.get(
+                param.type, param.type_name
+            )
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return value
+
+
+def _parameter_option(param: Parameter) -> click.Option:
+    notes = []
+    if param.required:
+        notes.append("required")
+    if param.default is not None and not callable(param.default) and param.show_default:
+        notes.append(f"default: {param.default!r}")
+    help_text = param.help + (f"  [{'; '.join(notes)}]" if notes else "")
+    return click.Option(
+        [f"--{param.name}", _option_key(param.name)],
+        type=_ParameterText(param),
+        default=None,
+        help=help_text.strip(),
+    )
 
 
 def _option_key(name: str) -> str:

@@ -1,17 +1,31 @@
-"""The ``flowbook`` program: ``flowbook [--datastore URL] COMMAND FILE [OPTIONS]``.
+"""The ``flowbook`` program: ``flowbook [TOP-LEVEL OPTIONS] COMMAND FILE [OPTIONS]``.
 
 ``flowbook run flow.py --alpha 2`` is the same as ``python flow.py run --alpha 2``;
-every command of a flow's own command line works this way.
+every command of a flow's own command line works this way, and FILE may be a
+notebook. The top-level options (:mod:`flowbook.options`: ``--datastore``,
+``--with``, ``--quiet``, ...) go before COMMAND as with ``python flow.py``, or after
+FILE: ``flowbook run flow.py --with retry`` is ``python flow.py --with retry run``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import sys
 
-USAGE = """\
-usage: flowbook [--datastore URL] [--quiet] COMMAND FILE [OPTIONS...]
+from ..loader import load_flow_class  # noqa: F401 - re-exported for older imports
+from ..options import TOP, by_name, options_for
+
+NOTEBOOK_COMMANDS = ("export", "tag")
+
+
+def usage() -> str:
+    top = []
+    for option in options_for(TOP):
+        value = f" {option.metavar or 'VALUE'}" if not option.is_flag else ""
+        names = "/".join(option.names)
+        top.append(f"  {names + value:<24}{option.help}")
+    return (
+        """\
+usage: flowbook [TOP-LEVEL OPTIONS] COMMAND FILE [OPTIONS...]
 
 FILE is a FlowSpec file (the same as `python FILE COMMAND`) or a notebook (.ipynb):
   check    validate the flow's graph
@@ -25,67 +39,81 @@ For notebooks:
   export   write the notebook's flow as a file: export NB --to flow|metaflow -o flow.py
   tag      convert %%step magics to cell tags (--to tags) or back (--to magics)
 
-Use `flowbook COMMAND FILE --help` for a command's options.
+Top-level options, before COMMAND or after FILE:
 """
+        + "\n".join(top)
+        + "\n\nUse `flowbook COMMAND FILE --help` for a command's options.\n"
+    )
 
-TOP_LEVEL_VALUE_OPTIONS = {"--datastore"}
-TOP_LEVEL_FLAGS = {"--quiet", "--no-pylint", "--pylint"}
+
+class UsageError(Exception):
+    """A ``flowbook`` command line that names no command and file, or a bad option."""
 
 
-def load_flow_class(path: str, flow_name: str | None = None) -> type:
-    """Import a Python file and return the FlowSpec subclass it defines."""
-    from ..exceptions import FlowbookError
-    from ..flowspec import FlowSpec
+def split_args(argv: list[str]) -> tuple[list[str], str, str, list[str]]:
+    """``flowbook`` arguments -> (top-level options, COMMAND, FILE, the rest).
 
-    path = os.path.abspath(path)
-    if not os.path.isfile(path):
-        raise FlowbookError(f"No such flow file: {path}")
-    module_name = os.path.splitext(os.path.basename(path))[0]
-    sys.path.insert(0, os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    flows = [
-        value
-        for value in vars(module).values()
-        if isinstance(value, type)
-        and issubclass(value, FlowSpec)
-        and value is not FlowSpec
-        and value.__module__ == module_name
-    ]
-    if flow_name:
-        flows = [f for f in flows if f.__name__ == flow_name]
-    if len(flows) != 1:
-        names = ", ".join(f.__name__ for f in flows) or "none"
-        raise FlowbookError(f"{path} must define exactly one FlowSpec subclass (found: {names}).")
-    return flows[0]
+    Top-level options are gathered from before COMMAND and from after FILE, so that
+    ``[*top, COMMAND, *rest]`` is the flow's own command line. UsageError when
+    COMMAND or FILE is missing or an option before COMMAND is not a top-level one.
+    """
+    top_options = by_name(TOP)
+    args = list(argv)
+    top: list[str] = []
+    while args and args[0].startswith("-"):
+        word = args.pop(0)
+        name, has_value, _ = word.partition("=")
+        option = top_options.get(name)
+        if option is None:
+            known = ", ".join(top_options)
+            raise UsageError(f"unknown option {name} (top-level options: {known})")
+        top.append(word)
+        if option.is_flag and has_value:
+            raise UsageError(f"{name} takes no value")
+        if not option.is_flag and not has_value:
+            if not args:
+                raise UsageError(f"{name} needs a value")
+            top.append(args.pop(0))
+    if len(args) < 2:
+        raise UsageError("give a COMMAND and a FILE")
+    command, path, rest = args[0], args[1], args[2:]
+    if command in NOTEBOOK_COMMANDS:
+        return top, command, path, rest
+    kept: list[str] = []
+    while rest:
+        word = rest.pop(0)
+        if word == "--":  # everything after it is an argument
+            kept += [word, *rest]
+            break
+        name, has_value, _ = word.partition("=")
+        option = top_options.get(name)
+        if option is not None:
+            top.append(word)
+            if not option.is_flag and not has_value and rest:
+                top.append(rest.pop(0))
+            continue
+        kept.append(word)
+        if word.startswith("--") and not has_value and word != "--help" and rest:
+            kept.append(rest.pop(0))  # an option's value, as click reads it
+    return top, command, path, kept
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    top: list[str] = []
-    while argv and argv[0].startswith("--"):
-        option = argv.pop(0)
-        if option in ("--help", "-h"):
-            print(USAGE, end="")
-            return
-        top.append(option)
-        if option in TOP_LEVEL_VALUE_OPTIONS and argv:
-            top.append(argv.pop(0))
-        elif option not in TOP_LEVEL_FLAGS and "=" not in option:
-            print(f"flowbook: unknown option {option}\n\n{USAGE}", end="", file=sys.stderr)
-            sys.exit(2)
-    if len(argv) < 2:
-        print(USAGE, end="", file=sys.stderr)
+    if not argv or argv[0] in ("--help", "-h"):
+        print(usage(), end="", file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    try:
+        top, command, path, rest = split_args(argv)
+    except UsageError as exc:
+        print(f"flowbook: {exc}\n\n{usage()}", end="", file=sys.stderr)
         sys.exit(2)
-    command, path, rest = argv[0], argv[1], argv[2:]
     from ..exceptions import FlowbookError
     from .entry import fail
     from .entry import main as flow_main
 
-    if command in NOTEBOOK_TOOLS:
-        NOTEBOOK_TOOLS[command](path, rest)
+    if command in NOTEBOOK_COMMANDS:
+        _notebook_tool(command, path, rest)
         return
     graph = None
     try:
@@ -102,17 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     flow_main(flow_cls, [*top, command, *rest], graph=graph)
 
 
-def _export(path: str, rest: list[str]) -> None:
+def _notebook_tool(command: str, path: str, rest: list[str]) -> None:
+    from .notebook_tools import export_command, tag_command
 
-    from .notebook_tools import export_command
-
-    export_command.main(args=[path, *rest], prog_name="flowbook export")
-
-
-def _tag(path: str, rest: list[str]) -> None:
-    from .notebook_tools import tag_command
-
-    tag_command.main(args=[path, *rest], prog_name="flowbook tag")
-
-
-NOTEBOOK_TOOLS = {"export": _export, "tag": _tag}
+    tool = export_command if command == "export" else tag_command
+    tool.main(args=[path, *rest], prog_name=f"flowbook {command}")

@@ -15,15 +15,16 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..exceptions import FlowbookError
+from ..options import RESUME, RESUME_STEP, RUN, TOP, by_name, defaults
 from .cells import _ArgumentParser, parse_step_line
 from .console import NotebookConsole
 from .results import FlowResults
 from .session import NotebookSession
 
 FLOW_HELP = """\
-%flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T] [--quiet]
+%flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T ...] [--quiet]
 %flow run MyFlow [--name value ...]   run a FlowSpec class defined in this notebook
-%flow resume [STEP] [--origin-run-id ID]
+%flow resume [STEP] [--origin-run-id ID] [the options of %flow run]
 %flow show | status | name NAME
 %flow ui [RUN | last]               a live panel of this notebook's cells, or of a run
 %flow logs PATHSPEC [--stderr]
@@ -98,29 +99,20 @@ class FlowbookMagics(Magics):
         self.session.flow_name_override = rest[0]
         print(f"This notebook's flow is now named {rest[0]}.")
 
-    def _run_parser(self, command: str) -> _ArgumentParser:
-        parser = _ArgumentParser(prog=f"%flow {command}", add_help=False)
-        parser.add_argument("--max-workers", type=int, default=16)
-        parser.add_argument("--max-num-splits", type=int, default=100)
-        parser.add_argument("--tag", action="append", default=[])
-        parser.add_argument("--quiet", action="store_true")
-        return parser
-
     def _flow_run(self, rest: list[str]) -> Any:
         flow_class = rest.pop(0) if rest and not rest[0].startswith("-") else None
-        args, extra = self._run_parser("run").parse_known_args(rest)
-        given = _pairs(extra, "%flow run")
+        settings = read_flow_line(RUN, rest)
         if flow_class:
-            return self._run_class(flow_class, given, args)
-        console = NotebookConsole(quiet=args.quiet)
+            return self._run_class(flow_class, settings)
+        console = NotebookConsole(quiet=settings["quiet"])
         run = lambda: self.session.run_flow(  # noqa: E731
-            given,
+            settings["parameters"],
             console,
-            max_workers=args.max_workers,
-            max_num_splits=args.max_num_splits,
-            tags=args.tag,
+            max_workers=settings["max_workers"],
+            max_num_splits=settings["max_num_splits"],
+            tags=settings["tags"],
         )
-        if args.quiet:
+        if settings["quiet"]:
             return self._finish(run())
         panel = self._live_panel(self.session.full_graph())
         return self._finish(self._with_panel(panel, run))
@@ -162,19 +154,16 @@ class FlowbookMagics(Magics):
         return outcome
 
     def _flow_resume(self, rest: list[str]) -> Any:
-        parser = self._run_parser("resume")
-        parser.add_argument("step", nargs="?")
-        parser.add_argument("--origin-run-id", default=None)
-        args, extra = parser.parse_known_args(rest)
+        settings = read_flow_line(RESUME, rest)
         outcome = self.session.run_flow(
-            _pairs(extra, "%flow resume"),
-            NotebookConsole(quiet=args.quiet),
-            max_workers=args.max_workers,
-            max_num_splits=args.max_num_splits,
+            settings["parameters"],
+            NotebookConsole(quiet=settings["quiet"]),
+            max_workers=settings["max_workers"],
+            max_num_splits=settings["max_num_splits"],
             resume=True,
-            origin_run_id=args.origin_run_id,
-            resume_step=args.step,
-            tags=args.tag,
+            origin_run_id=settings["origin_run_id"],
+            resume_step=settings[RESUME_STEP],
+            tags=settings["tags"],
         )
         return self._finish(outcome)
 
@@ -188,20 +177,20 @@ class FlowbookMagics(Magics):
         print(f"✓ run {outcome.pathspec} finished; its results: flow.last_run")
         return None
 
-    def _run_class(self, name: str, given: dict[str, str], args: Any) -> Any:
+    def _run_class(self, name: str, settings: dict[str, Any]) -> Any:
         from ..flowspec import FlowSpec
         from ..runner import NBRunner
 
         flow_cls = self.shell.user_ns.get(name)
         if not (isinstance(flow_cls, type) and issubclass(flow_cls, FlowSpec)):
             raise FlowbookError(f"%flow run {name}: no FlowSpec class named {name} here.")
-        runner = NBRunner(flow_cls, show_output=not args.quiet)
+        runner = NBRunner(flow_cls, show_output=not settings["quiet"])
         try:
             running = runner.runner.run(
-                max_workers=args.max_workers,
-                max_num_splits=args.max_num_splits,
-                tags=args.tag,
-                **given,
+                max_workers=settings["max_workers"],
+                max_num_splits=settings["max_num_splits"],
+                tags=settings["tags"],
+                **settings["parameters"],
             )
             run, status, stderr = running.run, running.status, running.stderr
         finally:
@@ -329,17 +318,53 @@ class FlowbookMagics(Magics):
         print(f"Wrote flow {self.session.flow_name} to {args.path}")
 
 
-def _pairs(words: list[str], where: str) -> dict[str, str]:
-    """``--name value`` pairs (parameters) from the rest of a %flow line."""
-    given: dict[str, str] = {}
-    index = 0
-    while index < len(words):
-        word = words[index]
-        if not word.startswith("--") or index + 1 >= len(words):
+def read_flow_line(command: str, words: list[str]) -> dict[str, Any]:
+    """The settings of ``%flow run|resume WORDS`` (after a flow class name, if any).
+
+    The same settings as ``python flow.py COMMAND`` gives for the same words; the
+    options are those of :mod:`flowbook.options` marked for notebooks, anything else
+    ``--name value`` is a parameter. FlowbookError naming what is wrong.
+    """
+    where = f"%flow {command}"
+    table = {**by_name(TOP), **by_name(command)}
+    settings = defaults(command)
+    parameters: dict[str, str] = {}
+    args = list(words)
+    while args:
+        word = args.pop(0)
+        if not word.startswith("--"):
+            if command == RESUME and settings[RESUME_STEP] is None:
+                settings[RESUME_STEP] = word
+                continue
             raise FlowbookError(f"{where}: expected --name value pairs, got {word!r}.")
-        given[word[2:]] = words[index + 1]
-        index += 2
-    return given
+        name, has_value, value = word.partition("=")
+        option = table.get(name)
+        if option is not None and not option.notebook:
+            raise FlowbookError(f"{where}: {name} is not available in a notebook.")
+        if option is not None and option.is_flag:
+            if has_value:
+                raise FlowbookError(f"{where}: {name} takes no value.")
+            settings[option.key] = name == option.name
+            continue
+        if not has_value:
+            if not args:
+                raise FlowbookError(f"{where}: {name} needs a value.")
+            value = args.pop(0)
+        if option is None:
+            if name[2:] in parameters:
+                raise FlowbookError(f"{where}: parameter {name} is given twice.")
+            parameters[name[2:]] = value
+            continue
+        try:
+            value = option.convert(value)
+        except FlowbookError as exc:
+            raise FlowbookError(f"{where}: {exc}") from None
+        if option.repeatable:
+            settings[option.key].append(value)
+        else:
+            settings[option.key] = value
+    settings["parameters"] = parameters
+    return settings
 
 
 def _state(session: NotebookSession, step: str) -> str:
