@@ -10,11 +10,26 @@ anything starts.
 
 The blocking methods (``run``, ``resume``) return when the run ends; the ``async_``
 methods return as soon as the run has an id. ``await running.wait()`` waits.
+
+The command line is built from the option table (:mod:`flowbook.options`). A
+parameter value that cannot be an argument (longer than ``ARGV_VALUE_LIMIT``
+characters, or holding a NUL character) is passed in a ``--params-file`` written in
+the run's working directory instead.
+
+Each run owns a working directory (``flowbook-runner-*`` in the temporary
+directory) with its output and its id. When the run has ended and is waited for
+(a blocking ``run()``/``resume()``, ``wait()``, ``wait_sync()``, leaving its
+``with`` block, ``Runner.cleanup()``), its output is read into memory, where
+``stdout``, ``stderr`` and ``stream_log`` keep serving it, and the directory is
+removed. Directories of runs never waited for are removed when the Python process
+exits; a run still going then is stopped first, as ``kill()`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import errno
 import json
 import os
 import shutil
@@ -27,7 +42,22 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .exceptions import FlowbookError, ParameterError
+from .options import (
+    BY_KEY,
+    RESUME,
+    RESUME_STEP,
+    TOP,
+    option_args,
+    options_for,
+    to_argv,
+    write_params_file,
+)
 from .parameters import JSONType, Parameter
+
+#: Parameter values longer than this (in characters) go through ``--params-file``:
+#: Linux refuses one argument of 128 KiB or more, and all of them together past ~2 MB.
+ARGV_VALUE_LIMIT = 16 * 1024
+STREAMS = ("stdout", "stderr")
 
 
 class ExecutingRun:
@@ -39,15 +69,19 @@ class ExecutingRun:
         self._workdir = workdir
         self._run = None
         self._echo: threading.Thread | None = None
+        self._lock = threading.Lock()
+        #: Once the run has ended and its files are gone: its output and run id.
+        self._kept: dict[str, bytes] | None = None
 
     # --------------------------------------------------------------- context manager
     def __enter__(self) -> ExecutingRun:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Stop the run if it is still going; remove its files (its output stays readable)."""
         if self._process.poll() is None:
             self.kill()
-        self.runner.cleanup()
+        self._settle()
 
     # --------------------------------------------------------------- state
     @property
@@ -66,7 +100,7 @@ class ExecutingRun:
     def run(self):
         """The Client API's Run (None until the subprocess has created it)."""
         if self._run is None:
-            pathspec = _read_text(os.path.join(self._workdir, "run_id"))
+            pathspec = self._read("run_id").decode("utf-8", errors="replace")
             if pathspec:
                 from .client import Run
                 from .datastore import Datastore
@@ -78,18 +112,46 @@ class ExecutingRun:
                 )
         return self._run
 
-    def _log_path(self, stream: str) -> str:
-        if stream not in ("stdout", "stderr"):
-            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
-        return os.path.join(self._workdir, stream)
-
     @property
     def stdout(self) -> str:
-        return _read_text(self._log_path("stdout"))
+        return self._read("stdout").decode("utf-8", errors="replace")
 
     @property
     def stderr(self) -> str:
-        return _read_text(self._log_path("stderr"))
+        return self._read("stderr").decode("utf-8", errors="replace")
+
+    def _read(self, name: str, offset: int = 0) -> bytes:
+        """A working file of the run (``stdout``, ``stderr``, ``run_id``) from ``offset``;
+        from memory once the run has ended and its files were removed."""
+        with self._lock:
+            if self._kept is not None:
+                return self._kept[name][offset:]
+            try:
+                with open(os.path.join(self._workdir, name), "rb") as handle:
+                    handle.seek(offset)
+                    return handle.read()
+            except FileNotFoundError:
+                return b""
+
+    def _settle(self) -> None:
+        """Once the process has ended: keep its output in memory, remove its files."""
+        if self._process.poll() is None or self._kept is not None:
+            return
+        if self._echo is not None and self._echo is not threading.current_thread():
+            self._echo.join()
+        with self._lock:
+            if self._kept is not None:
+                return
+            kept = {}
+            for name in (*STREAMS, "run_id"):
+                try:
+                    with open(os.path.join(self._workdir, name), "rb") as handle:
+                        kept[name] = handle.read()
+                except FileNotFoundError:
+                    kept[name] = b""
+            self._kept = kept
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        _LIVE.pop(self._workdir, None)
 
     # --------------------------------------------------------------- control
     def kill(self) -> None:
@@ -108,8 +170,7 @@ class ExecutingRun:
             self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
-        if self._echo is not None and self._process.poll() is not None:
-            self._echo.join()
+        self._settle()
         return self
 
     async def wait(self, timeout: float | None = None, stream: str | None = None) -> ExecutingRun:
@@ -124,8 +185,7 @@ class ExecutingRun:
             if deadline is not None and time.monotonic() > deadline:
                 return self
             await asyncio.sleep(0.05)
-        if self._echo is not None:
-            self._echo.join()
+        self._settle()
         return self
 
     async def stream_log(
@@ -136,14 +196,12 @@ class ExecutingRun:
         ``position`` is the byte offset just after the line; pass it back to continue
         where an earlier iteration stopped.
         """
-        path = self._log_path(stream)
+        _check_stream(stream)
         offset = position or 0
         partial = b""
         while True:
             finished = self._process.poll() is not None
-            with open(path, "rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
+            data = self._read(stream, offset)
             position_of_data = offset - len(partial)
             offset += len(data)
             lines = (partial + data).split(b"\n")
@@ -166,9 +224,7 @@ class ExecutingRun:
             while True:
                 finished = self._process.poll() is not None
                 for stream, target in targets.items():
-                    with open(self._log_path(stream), "rb") as handle:
-                        handle.seek(offsets[stream])
-                        data = handle.read()
+                    data = self._read(stream, offsets[stream])
                     if data:
                         offsets[stream] += len(data)
                         target.write(data.decode("utf-8", errors="replace"))
@@ -189,8 +245,11 @@ class Runner:
 
     ``show_output`` echoes the run's output here; ``quiet`` passes ``--quiet``;
     ``pylint=False`` is ``--no-pylint``; ``decospecs=['retry']`` is ``--with retry``;
-    ``env`` adds environment variables; other keywords become top-level options
-    (``datastore='s3://...'`` is ``--datastore s3://...``).
+    ``env`` adds environment variables; the other top-level options of
+    :mod:`flowbook.options` are keywords too (``datastore='s3://...'`` is
+    ``--datastore s3://...``). ``run``/``resume`` take the run options by their keys
+    (``max_workers=4``, ``tags=[...]``, ``origin_run_id=...``, ``step=...``) and the
+    parameters by name.
     """
 
     def __init__(
@@ -209,18 +268,17 @@ class Runner:
             raise FlowbookError(f"Runner: no such flow file {self.flow_file}.")
         self.show_output = show_output
         self.quiet = quiet
+        for name, value in (env or {}).items():
+            if "\0" in f"{name}{value}":
+                raise FlowbookError(f"Runner: environment variable {name!r} contains a NUL.")
         self.env = dict(os.environ, **(env or {}))
-        self.cwd = cwd or os.getcwd()
-        self.top_level = ["--quiet"] if quiet else []
-        if not pylint:
-            self.top_level.append("--no-pylint")
-        for spec in decospecs or []:
-            self.top_level += ["--with", spec]
-        for name, value in top_level_options.items():
-            self.top_level += _option_args(name, value)
+        self.cwd = os.fspath(cwd or os.getcwd())
+        if "\0" in self.cwd:
+            raise FlowbookError(f"Runner: cwd {self.cwd!r} contains a NUL.")
+        top = {"quiet": quiet, "pylint": pylint, "decospecs": decospecs, **top_level_options}
+        self.top_level = _words(TOP, top)
         self.datastore_url = _datastore_url(top_level_options, self.env, self.cwd)
         self._flow_cls: type | None = None
-        self._workdirs: list[str] = []
         self._runs: list[ExecutingRun] = []
 
     # --------------------------------------------------------------- public API
@@ -240,15 +298,17 @@ class Runner:
         return await self._started(self._start("resume", kwargs))
 
     def cleanup(self) -> None:
-        """Remove the temporary files of this runner's runs."""
-        for workdir in self._workdirs:
-            shutil.rmtree(workdir, ignore_errors=True)
-        self._workdirs = []
+        """Remove the working files of this runner's runs that have ended (their output
+        stays readable); runs still going keep theirs."""
+        for running in list(self._runs):
+            running._settle()
+        self._runs = [running for running in self._runs if running._kept is None]
 
     def __enter__(self) -> Runner:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Stop this runner's runs that are still going and remove their files."""
         for running in self._runs:
             if running.returncode is None:
                 running.kill()
@@ -258,32 +318,31 @@ class Runner:
     @property
     def flow_cls(self) -> type:
         if self._flow_cls is None:
-            from .cli.main import load_flow_class
+            from .loader import load_flow_class
 
             self._flow_cls = load_flow_class(self.flow_file)
         return self._flow_cls
 
     def _command(self, command: str, kwargs: dict[str, Any], workdir: str) -> list[str]:
+        """The argv of a run: ``python FLOW_FILE [top-level] COMMAND [STEP] [options]``."""
         kwargs = dict(kwargs)
-        args = [command]
-        if command == "resume":
-            step = kwargs.pop("step", None)
-            if step:
-                args.append(step)
-            origin = kwargs.pop("origin_run_id", None)
-            if origin:
-                args += ["--origin-run-id", str(origin)]
-        for tag in kwargs.pop("tags", None) or []:
-            args += ["--tag", str(tag)]
-        for name in ("max_workers", "max_num_splits"):
-            if kwargs.get(name) is not None:
-                args += [f"--{name.replace('_', '-')}", str(int(kwargs.pop(name)))]
-            kwargs.pop(name, None)
-        args += self._parameter_args(kwargs)
-        args += ["--run-id-file", os.path.join(workdir, "run_id")]
-        return [sys.executable, self.flow_file, *self.top_level, *args]
+        words = [command]
+        step = kwargs.pop(RESUME_STEP, None) if command == RESUME else None
+        if step:
+            words.append(str(step))
+        keys = {option.key for option in options_for(command) if not option.hidden}
+        words += _words(command, {key: kwargs.pop(key) for key in list(kwargs) if key in keys})
+        in_argv, in_file = self._parameter_args(kwargs)
+        words += in_argv
+        if in_file:
+            path = os.path.join(workdir, "parameters.json")
+            write_params_file(path, in_file)
+            words += option_args(BY_KEY["params_file"], path)
+        words += option_args(BY_KEY["run_id_file"], os.path.join(workdir, "run_id"))
+        return [sys.executable, self.flow_file, *self.top_level, *words]
 
-    def _parameter_args(self, values: dict[str, Any]) -> list[str]:
+    def _parameter_args(self, values: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        """(``--name text`` words, {name: text} of values that cannot be arguments)."""
         from .parameters import flow_parameters
 
         flow = self.flow_cls
@@ -292,7 +351,8 @@ class Runner:
         for attr, param in parameters.items():
             by_key[param.name.replace("-", "_")] = param
             by_key[attr] = param
-        args = []
+        words: list[str] = []
+        in_file: dict[str, str] = {}
         for key, value in values.items():
             param = by_key.get(key)
             if param is None:
@@ -300,36 +360,55 @@ class Runner:
                 raise ParameterError(
                     f"Flow {flow.__name__} has no parameter '{key}' (its parameters: {known})."
                 )
-            args += [f"--{param.name}", _parameter_text(flow.__name__, param, value)]
-        return args
+            text = _parameter_text(flow.__name__, param, value)
+            if "\0" in text or len(text) > ARGV_VALUE_LIMIT:
+                in_file[param.name] = text
+            else:
+                words += [f"--{param.name}", text]
+        return words, in_file
 
     def _start(self, command: str, kwargs: dict[str, Any]) -> ExecutingRun:
+        self._runs = [running for running in self._runs if running._kept is None]
         workdir = tempfile.mkdtemp(prefix="flowbook-runner-")
-        self._workdirs.append(workdir)
+        cmd: list[str] = []
         try:
             cmd = self._command(command, kwargs, workdir)
-        except BaseException:
+            with (
+                open(os.path.join(workdir, "stdout"), "wb") as out,
+                open(os.path.join(workdir, "stderr"), "wb") as err,
+            ):
+                process = subprocess.Popen(
+                    cmd,
+                    cwd=self.cwd,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # Ctrl-C in the caller does not reach the run
+                )
+        except BaseException as exc:
             shutil.rmtree(workdir, ignore_errors=True)
-            self._workdirs.remove(workdir)
+            if isinstance(exc, OSError):
+                raise self._start_error(exc, cmd) from None
             raise
-        with (
-            open(os.path.join(workdir, "stdout"), "wb") as out,
-            open(os.path.join(workdir, "stderr"), "wb") as err,
-        ):
-            process = subprocess.Popen(
-                cmd,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # Ctrl-C in the caller does not reach the run
-            )
+        _remember(workdir, process)
         running = ExecutingRun(self, process, workdir)
         self._runs.append(running)
         if self.show_output:
             running._start_echo()
         return running
+
+    def _start_error(self, exc: OSError, cmd: list[str]) -> FlowbookError:
+        flow = os.path.basename(self.flow_file)
+        if exc.errno == errno.E2BIG:
+            size = sum(len(word) + 1 for word in cmd)
+            size += sum(len(k) + len(v) + 2 for k, v in self.env.items())
+            return FlowbookError(
+                f"Runner: cannot start {flow}: its command line and environment are too "
+                f"long ({size} bytes); pass fewer or shorter options or variables."
+            )
+        where = f" ({exc.filename})" if exc.filename else ""
+        return FlowbookError(f"Runner: cannot start {flow}: {exc.strerror or exc}{where}.")
 
     @staticmethod
     async def _started(running: ExecutingRun) -> ExecutingRun:
@@ -355,6 +434,7 @@ class NBRunner:
         self.flow = flow
         graph = FlowGraph.from_flow_class(flow)
         self._dir = tempfile.mkdtemp(prefix="flowbook-nbrunner-", dir=base_dir)
+        _remember(self._dir, None)  # removed by cleanup(), else when the process exits
         pickled = os.path.join(self._dir, "flow.pkl")
         with open(pickled, "wb") as handle:
             handle.write(dumps_code((flow, graph)))
@@ -388,8 +468,10 @@ class NBRunner:
         return await self.runner.async_resume(**kwargs)
 
     def cleanup(self) -> None:
+        """Remove the flow's files and those of its runs that have ended."""
         self.runner.cleanup()
         shutil.rmtree(self._dir, ignore_errors=True)
+        _LIVE.pop(self._dir, None)
 
     def __enter__(self) -> NBRunner:
         return self
@@ -412,25 +494,44 @@ main(flow_cls, graph=graph)
 
 
 # ------------------------------------------------------------------- helpers
-def _read_text(path: str) -> str:
+def _check_stream(stream: str) -> None:
+    if stream not in STREAMS:
+        raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+
+
+def _words(command: str, values: dict[str, Any]) -> list[str]:
+    """The option words of ``command`` from keyword values, as a Runner error."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return ""
+        return to_argv(command, values)
+    except FlowbookError as exc:
+        raise FlowbookError(f"Runner: {exc}") from None
 
 
-def _option_args(name: str, value: Any) -> list[str]:
-    flag = "--" + name.replace("_", "-")
-    if value is True:
-        return [flag]
-    if value is False:
-        return ["--no-" + name.replace("_", "-")]
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [part for item in value for part in (flag, str(item))]
-    return [flag, str(value)]
+#: Working directories of runs not waited for yet (with their processes, None for an
+#: NBRunner's directory): removed at exit.
+_LIVE: dict[str, subprocess.Popen | None] = {}
+_AT_EXIT: list[bool] = []  # [True] once the exit handler is registered
+
+
+def _remember(workdir: str, process: subprocess.Popen | None) -> None:
+    if not _AT_EXIT:
+        atexit.register(_remove_at_exit)
+        _AT_EXIT.append(True)
+    _LIVE[workdir] = process
+
+
+def _remove_at_exit() -> None:
+    """At the end of the process: stop the runs still going, remove every working dir."""
+    for workdir, process in list(_LIVE.items()):
+        if process is not None and process.poll() is None:
+            process.send_signal(2)  # SIGINT: the scheduler's clean stop
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    _LIVE.clear()
 
 
 def _datastore_url(options: dict[str, Any], env: dict[str, str], cwd: str) -> str:

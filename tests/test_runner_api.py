@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 
 import nbformat
@@ -210,14 +211,149 @@ def test_runner_from_a_thread_and_inside_a_running_loop(flows):
     assert results == {"thread": "successful", "loop": "successful"}
 
 
-def test_context_manager_removes_temporary_files(flows):
+def test_a_runs_files_go_when_it_ends_and_its_output_stays_readable(flows):
     from flowbook import Runner
 
     runner = Runner("slowflow.py", show_output=False)
-    with runner.run(seconds=0) as running:
-        workdir = Path(running._workdir)
-        assert workdir.exists()
+    running = runner.run(seconds=1)  # blocking, no with: nothing may be left behind
+    assert not Path(running._workdir).exists()
+    assert "0 seconds passed" in running.stdout and running.run.successful
+
+    async def main():
+        with await runner.async_run(seconds=1) as running:
+            workdir = Path(running._workdir)
+            assert workdir.exists()  # while the run goes, its output is in files
+        assert running.status == "failed"  # leaving the block stopped it
+        return workdir, running
+
+    workdir, running = asyncio.run(main())
     assert not workdir.exists()
+    assert "Workflow starting" in running.stdout
+
+
+def test_leaving_one_runs_block_keeps_the_other_runs_files(flows, capsys, monkeypatch):
+    """Each run owns its files: ending one run of a Runner leaves the others alone."""
+    from flowbook import Runner
+
+    thread_errors = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    runner = Runner("slowflow.py", show_output=True)
+
+    async def main():
+        slow = await runner.async_run(seconds=4)
+        with runner.run(seconds=0) as quick:
+            assert quick.status == "successful"
+        assert slow.status == "running"
+        await slow.wait()
+        return slow
+
+    slow = asyncio.run(main())
+    assert slow.status == "successful"
+    assert "3 seconds passed" in slow.stdout
+    assert thread_errors == []
+    echoed = capsys.readouterr().out
+    assert [echoed.count(f"{i} seconds passed") for i in range(4)] == [1, 1, 1, 1]
+    assert echoed.count("Done!") == 2
+
+
+RUNNER_SCRIPT = """
+import asyncio, os, sys
+from flowbook import NBRunner, Runner
+from flowbook.exceptions import FlowbookError
+
+runner = Runner("slowflow.py", show_output=False)
+for _ in range(20):
+    assert runner.run(seconds=0).status == "successful"
+    Runner("slowflow.py", show_output=False).run(seconds=0)
+print("left during:", len([n for n in os.listdir(sys.argv[1]) if n.startswith("flowbook-")]))
+try:
+    Runner("slowflow.py", show_output=False, cwd="no/such/dir").run(seconds=0)
+except FlowbookError as exc:
+    print("refused:", exc)
+running = asyncio.run(runner.async_run(seconds=30))  # still going at exit
+print("pid:", running._process.pid, flush=True)
+"""
+
+
+def test_no_working_directory_outlives_the_process(flows):
+    """200 blocking runs left 200 directories; a failed start left its own."""
+    import subprocess
+    import sys
+
+    tmp = flows / "tmp"
+    tmp.mkdir()
+    (flows / "script.py").write_text(RUNNER_SCRIPT)
+    env = dict(os.environ, TMPDIR=str(tmp))
+    proc = subprocess.run(
+        [sys.executable, "script.py", str(tmp)],
+        cwd=flows,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "left during: 0" in proc.stdout
+    assert "refused: Runner: cannot start slowflow.py: No such file or directory" in proc.stdout
+    assert "no/such/dir" in proc.stdout
+    assert os.listdir(tmp) == []
+    pid = int(proc.stdout.split("pid:")[1])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()  # the run still going at exit was stopped
+
+
+VALUES_FLOW = """
+from flowbook import FlowSpec, Parameter, step
+
+class ValuesFlow(FlowSpec):
+    text = Parameter('text', default='')
+    count = Parameter('count', default=1)
+
+    @step
+    def start(self):
+        self.size = len(self.text)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+if __name__ == '__main__':
+    ValuesFlow()
+"""
+
+
+def test_values_that_cannot_be_arguments_reach_the_run(flows):
+    """A NUL or a 200 KB value cannot be an argument: they go through a parameters file."""
+    from flowbook import Runner
+
+    (flows / "values.py").write_text(VALUES_FLOW)
+    runner = Runner("values.py", show_output=False)
+    for text in ("a\0b", "x" * 200_000, "é" * 100_000 + "\0"):
+        with runner.run(text=text, count=3) as running:
+            assert running.status == "successful", running.stderr
+            assert running.run.data.text == text
+            assert running.run.data.size == len(text) and running.run.data.count == 3
+
+
+def test_runner_refuses_what_no_command_line_can_carry(flows):
+    from flowbook import Runner
+    from flowbook.exceptions import FlowbookError
+
+    runner = Runner("slowflow.py", show_output=False)
+    with pytest.raises(FlowbookError, match=r"^Runner: --tag: the value 'a\\x00b' contains a NUL"):
+        runner.run(seconds=0, tags=["a\0b"])
+    with pytest.raises(FlowbookError, match=r"^Runner: --max-workers: expected an integer"):
+        runner.run(seconds=0, max_workers="4")
+    with pytest.raises(FlowbookError, match=r"^Runner: unknown option 'colour'"):
+        Runner("slowflow.py", colour="red")
+    with pytest.raises(FlowbookError, match=r"environment variable 'X' contains a NUL"):
+        Runner("slowflow.py", env={"X": "a\0"})
+    with pytest.raises(FlowbookError, match=r"too long"):  # E2BIG from the kernel
+        Runner("slowflow.py", env={"BIG": "y" * 3_000_000}, show_output=False).run(seconds=0)
+    assert not (flows / ".flowbook" / "flows").exists()
 
 
 NB_CELLS = [
