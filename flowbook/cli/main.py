@@ -18,11 +18,20 @@ NOTEBOOK_COMMANDS = ("export", "tag")
 
 
 def usage() -> str:
+    import textwrap  # only to print this: it imports re
+
     top = []
     for option in options_for(TOP):
         value = f" {option.metavar or 'VALUE'}" if not option.is_flag else ""
         names = "/".join(option.names)
-        top.append(f"  {names + value:<24}{option.help}")
+        top.append(
+            textwrap.fill(
+                option.help,
+                width=86,
+                initial_indent=f"  {names + value:<24}",
+                subsequent_indent=" " * 26,
+            )
+        )
     return (
         """\
 usage: flowbook [TOP-LEVEL OPTIONS] COMMAND FILE [OPTIONS...]
