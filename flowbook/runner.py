@@ -42,6 +42,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .exceptions import FlowbookError, ParameterError
+from .names import check_name, check_run_id
 from .options import (
     BY_KEY,
     RESUME,
@@ -329,7 +330,9 @@ class Runner:
         words = [command]
         step = kwargs.pop(RESUME_STEP, None) if command == RESUME else None
         if step:
-            words.append(str(step))
+            words.append(check_name(step, "step name"))
+        if kwargs.get("origin_run_id") is not None:
+            kwargs["origin_run_id"] = check_run_id(str(kwargs["origin_run_id"]))
         keys = {option.key for option in options_for(command) if not option.hidden}
         words += _words(command, {key: kwargs.pop(key) for key in list(kwargs) if key in keys})
         in_argv, in_file = self._parameter_args(kwargs)

@@ -193,6 +193,10 @@ def test_flow_line_errors_name_what_is_wrong():
         read_flow_line("run", ["x"])
     with pytest.raises(FlowbookError, match=r"^%flow resume: parameter --a is given twice"):
         read_flow_line("resume", ["--a", "1", "--a", "2"])
+    with pytest.raises(FlowbookError, match=r"^Invalid run id '\.\./1'"):
+        read_flow_line("resume", ["--origin-run-id", "../1"])
+    with pytest.raises(FlowbookError, match=r"^Invalid step name 'a b'"):
+        read_flow_line("resume", ["a b"])
     # a parameter's value is taken as click takes it, even when it looks like an option
     assert read_flow_line("resume", ["--a", "5"])["parameters"] == {"a": "5"}
     assert read_flow_line("resume", ["--a", "5"])["step"] is None

@@ -351,6 +351,10 @@ def test_runner_refuses_what_no_command_line_can_carry(flows):
         Runner("slowflow.py", colour="red")
     with pytest.raises(FlowbookError, match=r"environment variable 'X' contains a NUL"):
         Runner("slowflow.py", env={"X": "a\0"})
+    with pytest.raises(FlowbookError, match=r"^Invalid run id '\.\./\.\./x'"):
+        runner.resume(origin_run_id="../../x")
+    with pytest.raises(FlowbookError, match=r"^Invalid step name 'a/b'"):
+        runner.resume(step="a/b")
     with pytest.raises(FlowbookError, match=r"too long"):  # E2BIG from the kernel
         Runner("slowflow.py", env={"BIG": "y" * 3_000_000}, show_output=False).run(seconds=0)
     assert not (flows / ".flowbook" / "flows").exists()

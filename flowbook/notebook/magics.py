@@ -15,6 +15,7 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..exceptions import FlowbookError
+from ..names import check_name, check_run_id
 from ..options import RESUME, RESUME_STEP, RUN, TOP, by_name, defaults
 from .cells import _ArgumentParser, parse_step_line
 from .console import NotebookConsole
@@ -363,6 +364,10 @@ def read_flow_line(command: str, words: list[str]) -> dict[str, Any]:
             settings[option.key].append(value)
         else:
             settings[option.key] = value
+    if settings.get("origin_run_id") is not None:
+        check_run_id(settings["origin_run_id"])
+    if settings.get(RESUME_STEP) is not None:
+        check_name(settings[RESUME_STEP], "step name")
     settings["parameters"] = parameters
     return settings
 
