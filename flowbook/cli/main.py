@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from ..loader import load_flow_class  # noqa: F401 - re-exported for older imports
+from ..loader import load_flow_class  # also imported from here by runtime/server.py, for now
 from ..options import TOP, by_name, options_for
 
 NOTEBOOK_COMMANDS = ("export", "tag")
