@@ -210,15 +210,21 @@ def test_a_task_that_cannot_write_its_record_says_why_on_the_terminal(run_flow, 
     run_id = result.run_id
     assert run_id, result
     lines = [line for line in result.stderr.splitlines() if "could not record its result" in line]
-    assert len(lines) == 1, result
-    line = lines[0]
+    task_lines = [line for line in lines if line.startswith("Flow FillFlow, task")]
+    assert len(task_lines) == 1, result
+    line = task_lines[0]
     assert line.startswith(f"Flow FillFlow, task {run_id}/start/1 (attempt 0) ")
     assert (
         f"Datastore {store} is full: cannot write flows/FillFlow/{run_id}/start/1/0.done.json"
         in line
     )
     assert f"the disk holding {store} is full" in line
-    assert str(EXIT_CANNOT_RECORD) in result.output  # the scheduler saw the distinctive code
+    # the scheduler knew the distinctive exit code (EXIT_CANNOT_RECORD) and names the disk
+    assert any(
+        "Task failed: could not record its result in the datastore: the disk holding" in line
+        for line in lines
+    ), result
+    assert "without recording a result" not in result.output
 
 
 def test_output_that_fills_the_disk_is_named_on_the_terminal(run_flow, tiny_disk):
@@ -227,7 +233,11 @@ def test_output_that_fills_the_disk_is_named_on_the_terminal(run_flow, tiny_disk
     store = tiny_disk / "ds"
     result = run_flow(CHATTY, "run", env={"FLOWBOOK_DATASTORE": str(store)})
     assert result.returncode != 0, result
-    lines = [line for line in result.stderr.splitlines() if "could not record its result" in line]
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("Flow ChattyFlow, task") and "could not record its result" in line
+    ]
     assert len(lines) == 1, result.stderr[-3000:]
     line = lines[0]
     assert "the step had failed with OSError: [Errno 28] No space left on device" in line

@@ -33,14 +33,7 @@ ALLOWED_UPWARD = {
     ("flowbook.flowspec", "flowbook.cli.entry"),
 }
 #: Upward imports known and being fixed. Empty when none.
-KNOWN_BEING_FIXED: set[tuple[str, str]] = {
-    # The spawned task server loads the flow file with load_flow_class, which moved to
-    # flowbook/loader.py; server.py's import of it (`from ..cli.main import
-    # load_flow_class`) is to become `from ..loader import load_flow_class` (the
-    # lead's file). Remove this entry then: test_the_known_exceptions_still_exist
-    # fails as soon as the import is gone.
-    ("flowbook.runtime.server", "flowbook.cli.main"),
-}
+KNOWN_BEING_FIXED: set[tuple[str, str]] = set()
 #: What a plain run imports before it knows it is one, and what they must not import.
 RUN_PATH = ("flowbook.options", "flowbook.cli.entry")
 OFF_THE_RUN_PATH = {"click", "json", "re", "typing", "dataclasses", "enum", "inspect"}

@@ -17,6 +17,7 @@ from ..datastore import Datastore
 from ..exceptions import FlowbookError, StepFailed
 from ..graph import FlowGraph
 from ..identity import current_user, system_tags
+from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
 from ..runtime.launch import store_parameters
 from ..runtime.scheduler import Scheduler
 from .builder import build_flow, global_names_used, names_defined, step_node
@@ -165,7 +166,7 @@ class NotebookSession:
             executor,
             console,
             self._parameter_index(),
-            max_workers=16,
+            max_workers=DEFAULT_MAX_WORKERS,
             max_num_splits=10_000,
             user=current_user(),
             only_steps={cell.name},
@@ -221,7 +222,7 @@ class NotebookSession:
     def _interactive_run(self, graph: FlowGraph) -> str:
         if self.run_id is None:
             ds = self.datastore
-            ds.storage.check_writable()
+            ds.storage.check_usable_by_tasks()
             user = current_user()
             self.run_id = ds.new_run_id(self.flow_name)
             ds.write_run(
@@ -251,8 +252,8 @@ class NotebookSession:
         self,
         given: dict[str, str],
         console: NotebookConsole,
-        max_workers: int = 16,
-        max_num_splits: int = 100,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_num_splits: int = DEFAULT_MAX_NUM_SPLITS,
         resume: bool = False,
         origin_run_id: str | None = None,
         resume_step: str | None = None,

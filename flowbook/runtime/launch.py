@@ -7,9 +7,10 @@ import sys
 import time
 
 from ..datastore import Datastore
-from ..exceptions import ParameterError
+from ..exceptions import DatastoreError, ParameterError
 from ..graph import FlowGraph
 from ..identity import current_user, system_tags
+from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
 from ..plain import Plain
 from .console import Console
 from .resume import ResumePlan, find_origin_run
@@ -97,13 +98,48 @@ def _stop_on_sigterm() -> Any:
     return lambda: signals.signal(signals.SIGTERM, previous)
 
 
+def _write_step_indexes(
+    datastore: Datastore, flow: str, run_id: str, scheduler: Scheduler, console: Console
+) -> None:
+    """Gather the run's task records per step: a read-side copy, so a failure to
+    write it is said but does not fail the run (readers fall back to the records)."""
+    try:
+        datastore.write_step_indexes(flow, run_id, scheduler.finished_records)
+    except DatastoreError as exc:
+        console.error(
+            f"Flow {flow}: run {run_id} succeeded; its step indexes were not written: {exc}"
+        )
+
+
+def _write_status(
+    datastore: Datastore,
+    flow: str,
+    run_id: str,
+    successful: bool,
+    scheduler: Scheduler,
+    console: Console,
+) -> bool:
+    """Mark the run finished; False (and one line saying why) when that is impossible."""
+    record = {"successful": successful, "finished_at": time.time(), "failures": scheduler.failures}
+    try:
+        datastore.write_run_status(flow, run_id, record)
+    except DatastoreError as exc:
+        problem = datastore.storage.space_problem()
+        scheduler.failures.append(
+            f"run {run_id} could not be marked finished: {exc}"
+            + (f" ({problem})" if problem else "")
+        )
+        return False
+    return True
+
+
 def run_flow(
     flow_cls: type,
     graph: FlowGraph,
     parameter_values: dict[str, Any],
     datastore_url: str | None = None,
-    max_workers: int = 16,
-    max_num_splits: int = 100,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_num_splits: int = DEFAULT_MAX_NUM_SPLITS,
     tags: list[str] | None = None,
     console: Console | None = None,
     origin_run_id: str | None = None,
@@ -123,7 +159,7 @@ def run_flow(
     """
     console = console or Console()
     datastore = Datastore(datastore_url)
-    datastore.storage.check_writable()
+    datastore.storage.check_usable_by_tasks()
     user = current_user()
     tags = list(dict.fromkeys(tags or []))
     plan = None
@@ -177,21 +213,14 @@ def run_flow(
     try:
         successful = scheduler.run()
         if successful:
-            datastore.write_step_indexes(graph.name, run_id, scheduler.finished_records)
+            _write_step_indexes(datastore, graph.name, run_id, scheduler, console)
     finally:
         if restore is not None:
             restore()
         if executor is None:
             server.close()
-        datastore.write_run_status(
-            graph.name,
-            run_id,
-            {
-                "successful": successful,
-                "finished_at": time.time(),
-                "failures": scheduler.failures,
-            },
-        )
+        if not _write_status(datastore, graph.name, run_id, successful, scheduler, console):
+            successful = False
     if successful:
         console.message("Done!")
     else:

@@ -20,13 +20,16 @@ from collections.abc import Callable
 from .. import jsonio
 from ..datastore import Datastore
 from ..decorators import step_settings
+from ..exceptions import CorruptRecordError
 from ..graph import FlowGraph
+from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
 from ..plain import Plain
 from . import signals
 from .console import Console, LogTail
 from .resume import ResumePlan
 from .server import ExecutorLost, kill_group
 from .spec import TaskSpec
+from .task import EXIT_CANNOT_RECORD
 
 #: How often (seconds) the scheduler tells its listeners that time has passed.
 TICK_INTERVAL = 0.5
@@ -98,8 +101,8 @@ class Scheduler:
         executor,
         console: Console,
         parameters: dict[str, dict],
-        max_workers: int = 16,
-        max_num_splits: int = 100,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        max_num_splits: int = DEFAULT_MAX_NUM_SPLITS,
         tags: list[str] | None = None,
         user: str = "",
         on_event: Callable[[str, dict], None] | None = None,
@@ -312,9 +315,15 @@ class Scheduler:
         self._tail_logs(task, final=True)
         del self.running[task.pending.task_id]
         spec = task.spec
-        record = self.datastore.read_attempt_done(
-            self.flow, self.run_id, spec.step, spec.task_id, spec.attempt
-        )
+        try:
+            record = self.datastore.read_attempt_done(
+                self.flow, self.run_id, spec.step, spec.task_id, spec.attempt
+            )
+        except CorruptRecordError as exc:  # the task's own record: name the file
+            record = {
+                "status": "failed",
+                "exception": {"type": "CorruptRecordError", "message": str(exc)},
+            }
         for module in (record or {}).get("warm", []):
             if module not in self._warmed:
                 self._warmed.add(module)
@@ -343,8 +352,15 @@ class Scheduler:
         elif record and record.get("exception"):
             exc = record["exception"]
             reason = f"{exc['type']}: {exc['message']}"
+        elif code == EXIT_CANNOT_RECORD:  # the task printed why on the console
+            reason = "could not record its result in the datastore"
+            problem = self.datastore.storage.space_problem()
+            reason += f": {problem}" if problem else " (see the line above)"
         else:
             reason = f"exited with code {code} without recording a result"
+            problem = self.datastore.storage.space_problem()
+            if problem:
+                reason += f" ({problem})"
         self.console.error(f"[{task.prefix}] Task failed: {reason}")
         self.on_event("task_failed", {"step": spec.step, "task_id": spec.task_id})
         if pending.caught is None and pending.attempt + 1 < settings["max_attempts"]:

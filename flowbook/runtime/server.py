@@ -443,9 +443,9 @@ def _handler_from_init(init: tuple) -> Callable[[Any], int]:
         return cpickle.loads(init[1])
     if kind == "file":
         _, path, class_name, decospecs = init
-        from ..cli.main import load_flow_class
         from ..decorators import parse_decospec
         from ..graph import FlowGraph
+        from ..loader import load_flow_class
         from .task import execute_task
 
         flow_cls = load_flow_class(path, class_name)
