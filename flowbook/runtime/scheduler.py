@@ -56,6 +56,40 @@ class PendingTask(Plain):
         self.caught = caught
 
 
+class PendingSplits(Plain):
+    """The tasks of one foreach's splits that have not started yet.
+
+    They are made one at a time, when a worker is free to start one, so a foreach
+    of a million items costs a few hundred bytes until its tasks run, not a task
+    object (with its frames) per item. Their task ids are reserved up front, so the
+    splits of one foreach still have consecutive ids in index order.
+    """
+
+    def __init__(
+        self, step: str, parent: dict, stack: list[dict], frame: dict, first_task_id: int
+    ) -> None:
+        self.step = step
+        self.parent = parent
+        self.stack = stack
+        self.frame = frame  # the foreach frame, without its index
+        self.first_task_id = first_task_id
+        self.next_index = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.frame["num_splits"] - self.next_index
+
+    def take(self) -> PendingTask:
+        index = self.next_index
+        self.next_index += 1
+        f = self.frame
+        frame = {"kind": "foreach", "step": f["step"], "task": f["task"], "index": index}
+        frame.update(num_splits=f["num_splits"], var=f["var"], sha=f["sha"])
+        return PendingTask(
+            self.step, str(self.first_task_id + index), [self.parent], self.stack + [frame]
+        )
+
+
 class RunningTask(Plain):
     """A task the executor has started."""
 
@@ -124,7 +158,7 @@ class Scheduler:
         self.resume_plan = resume_plan
         self.origin_run_id = resume_plan.origin_run_id if resume_plan else None
         self.settings = {node.name: step_settings(node.decorators, node.name) for node in graph}
-        self.queue: deque[PendingTask] = deque()
+        self.queue: deque[PendingTask | PendingSplits] = deque()
         self.delayed: list[tuple[float, PendingTask]] = []
         self.running: dict[str, RunningTask] = {}
         self.joins: dict[tuple, dict] = {}
@@ -149,9 +183,8 @@ class Scheduler:
                 self._schedule_successors(record)
         else:
             self._to_child("start", None, [])
-        self.on_event(
-            "run_seeded", {"queued": len(self.queue), "pathspec": f"{self.flow}/{self.run_id}"}
-        )
+        queued = sum(p.remaining if isinstance(p, PendingSplits) else 1 for p in self.queue)
+        self.on_event("run_seeded", {"queued": queued, "pathspec": f"{self.flow}/{self.run_id}"})
         try:
             self._loop()
         except KeyboardInterrupt as exc:
@@ -174,7 +207,7 @@ class Scheduler:
         while True:
             self._release_delayed()
             while self.queue and not self.failures and len(self.running) < self.max_workers:
-                pending = self.queue.popleft()
+                pending = self._next_pending()
                 if not self._clone(pending):
                     self._launch(pending)
             can_start_more = not self.failures and (self.queue or self.delayed)
@@ -190,6 +223,14 @@ class Scheduler:
             if now - self._last_tick >= TICK_INTERVAL:  # lets views follow long tasks
                 self._last_tick = now
                 self.on_event("tick", {})
+
+    def _next_pending(self) -> PendingTask:
+        head = self.queue[0]
+        if not isinstance(head, PendingSplits):
+            return self.queue.popleft()
+        if head.remaining == 1:
+            self.queue.popleft()
+        return head.take()
 
     def _wait_time(self) -> float:
         wait = 0.05
@@ -425,17 +466,21 @@ class Scheduler:
                 )
                 self.console.error(f"Flow {self.flow}: {self.failures[-1]}.")
                 return
-            for index in range(count):
-                frame = {
-                    "kind": "foreach",
-                    "step": node.name,
-                    "task": record["task_id"],
-                    "index": index,
-                    "num_splits": count,
-                    "var": transition["foreach"],
-                    "sha": transition["sha"],
-                }
-                self._to_child(node.out_funcs[0], parent, stack + [frame])
+            frame = {
+                "kind": "foreach",
+                "step": node.name,
+                "task": record["task_id"],
+                "num_splits": count,
+                "var": transition["foreach"],
+                "sha": transition["sha"],
+            }
+            body = node.out_funcs[0]
+            if self.graph[body].is_join:  # an empty body: the join takes the splits at once
+                for index in range(count):
+                    self._to_child(body, parent, stack + [dict(frame, index=index)])
+            elif self.only_steps is None or body in self.only_steps:
+                self.queue.append(PendingSplits(body, parent, stack, frame, self._last_task_id + 1))
+                self._last_task_id += count
         elif len(node.out_funcs) > 1:
             for branch in node.out_funcs:
                 frame = {
