@@ -142,9 +142,15 @@ def _run_status(client):
     return run, run.finished, run.successful
 
 
-def test_kill_9_of_the_whole_process_group_leaves_no_task(run_flow, client):
+@pytest.mark.parametrize("target", ["group", "cli"])
+def test_kill_9_leaves_no_task(run_flow, client, target):
+    """``kill -9 -PGID`` kills the CLI and its task server at once; ``kill -9 PID``
+    the CLI alone."""
     proc, pids = _start(run_flow, STUCK)
-    os.killpg(proc.pid, signal.SIGKILL)
+    if target == "group":
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     _all_gone(pids)
     before = _records(run_flow)
