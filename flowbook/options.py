@@ -8,11 +8,13 @@ is the one command line; everything else is a face over it and reads this table:
   program (:mod:`flowbook.cli.main`),
 - the Runner, which builds the command line from keywords (:mod:`flowbook.runner`),
 - ``%flow run`` and ``%flow resume`` in a notebook (:mod:`flowbook.notebook.magics`),
-- the runtime, which takes its defaults from here (``DEFAULT_MAX_WORKERS``, ...).
+- the runtime, which takes its defaults from here (``DEFAULT_MAX_WORKERS``, ...),
+- the orchestrators' commands ``init``, ``step`` and ``mark-failed``
+  (:mod:`flowbook.cli.task_cmds`, docs/one_task.md), read without click as well.
 
 Each face turns its input into the same *settings*: a dict with one key per option
 of the command (``Option.key``), plus ``command``, ``parameters`` (parameter name ->
-text, as given) and, for ``resume``, ``step``. :func:`defaults` is what nothing was
+text, as given) and, for ``resume`` and ``step``, ``step``. :func:`defaults` is what nothing was
 given. This module is on the run path: it imports nothing beyond what a run has
 already loaded (no click, json, re or typing).
 """
@@ -41,6 +43,13 @@ RESUME = "resume"
 COMMANDS = (RUN, RESUME)
 #: ``resume``'s one argument, the step to run again (a settings key and a Runner keyword).
 RESUME_STEP = "step"
+#: The commands an orchestrator runs, one task each (see docs/one_task.md).
+INIT = "init"
+STEP = "step"
+MARK_FAILED = "mark-failed"
+TASK_COMMANDS = (INIT, STEP, MARK_FAILED)
+#: ``step``'s one argument, the step whose task to run (the same settings key as resume's).
+TASK_STEP = RESUME_STEP
 
 
 class Option(Plain):
@@ -152,6 +161,7 @@ OPTIONS: tuple[Option, ...] = (
         "max_num_splits",
         int,
         DEFAULT_MAX_NUM_SPLITS,
+        commands=(RUN, RESUME, STEP),
         env=("FLOWBOOK_RUN_MAX_NUM_SPLITS", "METAFLOW_RUN_MAX_NUM_SPLITS"),
         notebook=True,
         help="The most splits one foreach may make",
@@ -159,6 +169,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "--tag",
         "tags",
+        commands=(RUN, RESUME, INIT, STEP),
         repeatable=True,
         notebook=True,
         metavar="TAG",
@@ -171,6 +182,61 @@ OPTIONS: tuple[Option, ...] = (
         notebook=True,
         metavar="RUN_ID",
         help="The run to resume (default: your latest run of this flow).",
+    ),
+    Option(
+        "--run-id",
+        "run_id",
+        commands=TASK_COMMANDS,
+        metavar="RUN_ID",
+        help="The run, with an id the orchestrator chose (letters, digits, '_', '-').",
+    ),
+    Option(
+        "--task-id",
+        "task_id",
+        commands=(INIT, STEP),
+        metavar="TASK_ID",
+        help="The task, with an id the orchestrator chose, unique within the run.",
+    ),
+    Option(
+        "--input-paths",
+        "input_paths",
+        commands=(STEP,),
+        metavar="PATHS",
+        help="The task's inputs: RUN_ID/STEP/TASK_ID,... or RUN_ID/STEP/:TASK_ID,TASK_ID "
+        "(for the start step, the parameters task RUN_ID/_parameters/TASK_ID).",
+    ),
+    Option(
+        "--split-index",
+        "split_index",
+        int,
+        commands=(STEP,),
+        metavar="INDEX",
+        help="The task's split, when its input is a foreach step's task.",
+    ),
+    Option(
+        "--retry-count",
+        "retry_count",
+        int,
+        0,
+        commands=(STEP,),
+        metavar="N",
+        help="Which attempt this is (0 for the first).",
+    ),
+    Option(
+        "--max-user-code-retries",
+        "max_user_code_retries",
+        int,
+        commands=(STEP,),
+        metavar="N",
+        help="How many retries the task has in all (default: the step's @retry); after "
+        "the last one a failure marks the run failed.",
+    ),
+    Option(
+        "--reason",
+        "reason",
+        commands=(MARK_FAILED,),
+        metavar="TEXT",
+        help="Why the run failed, as the run's status will say.",
     ),
     Option(
         "--run-id-file",
@@ -191,7 +257,8 @@ BY_KEY: dict[str, Option] = {option.key: option for option in OPTIONS}
 
 
 def options_for(command: str) -> list[Option]:
-    """The options of ``command`` (``TOP``, ``RUN`` or ``RESUME``), in table order."""
+    """The options of ``command`` (``TOP``, ``RUN``, ``RESUME`` or one of
+    ``TASK_COMMANDS``), in table order."""
     return [option for option in OPTIONS if command in option.commands]
 
 
@@ -219,7 +286,7 @@ def env_default(option: Option, environ: Mapping[str, str] | None = None) -> Any
 def defaults(command: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The settings of ``python flow.py COMMAND`` with nothing given."""
     settings: dict[str, Any] = {"command": command, "parameters": {}}
-    if command == RESUME:
+    if command in (RESUME, STEP):
         settings[RESUME_STEP] = None
     for option in (*options_for(TOP), *options_for(command)):
         settings[option.key] = env_default(option, environ)

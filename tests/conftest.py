@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +157,57 @@ def client(run_flow: FlowRunner, monkeypatch: pytest.MonkeyPatch):
     """flowbook.client pointed at run_flow's datastore, namespace(None); reset after."""
     with client_for(run_flow, monkeypatch) as fb_client:
         yield fb_client
+
+
+# ---------------------------------------------------------------------- S3 (moto)
+#: The bucket the ``moto_s3`` server has; give each test a prefix of its own in it.
+MOTO_BUCKET = "flowbook-moto"
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """A real S3 API: moto's server on 127.0.0.1 (a free port), started once per test
+    session and stopped after it, with the bucket ``MOTO_BUCKET``. Yields the
+    environment (credentials, ``AWS_ENDPOINT_URL``) a process needs to reach it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    try:
+        deadline = time.time() + 30
+        while True:
+            if server.poll() is not None:
+                pytest.fail("moto's S3 server exited at start")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail("moto's S3 server did not start")
+                time.sleep(0.1)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import boto3; boto3.client('s3').create_bucket(Bucket={MOTO_BUCKET!r})",
+            ],
+            env=dict(os.environ, **env),
+            check=True,
+        )
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # ---------------------------------------------------------------------- assertions
