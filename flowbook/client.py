@@ -8,6 +8,14 @@ Everything is read from the datastore (``FLOWBOOK_DATASTORE`` or ``./.flowbook``
 Namespaces work as in Metaflow: by default you see your own runs (``user:<you>``);
 ``namespace(None)`` shows everyone's, ``namespace('team:x')`` runs with that tag.
 
+Both settings are global, as in Metaflow. Every object also takes them for
+itself: ``Run('F/1', datastore='s3://b/fb', namespace=None)`` reads that run from
+that datastore in any namespace, whatever the global settings, and the objects it
+gives (its steps, tasks, artifacts) use the same two settings. ``datastore=``
+takes a URL or a :class:`~flowbook.datastore.Datastore`; ``namespace=`` a
+namespace or None (every run); left out, each follows the global setting. Every
+object tells its own with ``.datastore`` (a Datastore) and ``.namespace``.
+
 Every id and name of a pathspec is checked against flowbook's grammar
 (:mod:`flowbook.names`) before anything is read: a bad one raises
 InvalidNameError naming it. A record that cannot be read raises
@@ -26,7 +34,17 @@ from .exceptions import ClientNotFound, CorruptRecordError, MissingArtifactError
 from .identity import current_user
 from .names import check_name, check_pathspec, check_run_id, check_task_id
 
+
+class _Unset:
+    """The type of "not given" for ``namespace=`` (None means every run)."""
+
+    def __repr__(self) -> str:
+        return "<global setting>"
+
+
 _DEFAULT = object()
+#: ``namespace=`` left out: follow the global setting.
+_GLOBAL = _Unset()
 _state: dict[str, Any] = {"namespace": _DEFAULT, "datastore_url": None, "datastores": {}}
 
 
@@ -53,21 +71,33 @@ def default_namespace() -> str:
 
 
 def datastore(url: str | None = None) -> str:
-    """Read runs from the datastore at ``url`` (None: back to the default); returns it."""
+    """Read runs from the datastore at ``url`` (None: back to the default); returns it.
+
+    This is the global setting; ``Run(..., datastore=url)`` (any object) overrides
+    it for that object and what it gives."""
     _state["datastore_url"] = url
     return url or default_datastore_url()
 
 
-def _datastore() -> Datastore:
-    url = _state["datastore_url"] or default_datastore_url()
+def get_datastore() -> str:
+    """The URL of the datastore the Client reads when an object is given none."""
+    return _state["datastore_url"] or default_datastore_url()
+
+
+def open_datastore(where: str | Datastore | None = None) -> Datastore:
+    """The Datastore at ``where`` (a URL, or a Datastore as is; None: the global setting).
+
+    Datastores opened by URL are kept, one per URL, for the life of the process."""
+    if isinstance(where, Datastore):
+        return where
+    url = where or get_datastore()
     cache = _state["datastores"]
     if url not in cache:
         cache[url] = Datastore(url)
     return cache[url]
 
 
-def _in_namespace(run_record: dict) -> bool:
-    ns = get_namespace()
+def _in_namespace(run_record: dict, ns: str | None) -> bool:
     if ns is None:
         return True
     return ns in run_record.get("tags", []) or ns in run_record.get("system_tags", [])
@@ -82,10 +112,30 @@ def _split(pathspec: str, parts: int, kind: str) -> list[str]:
 class _ClientObject:
     _kind = "object"
 
-    def __init__(self, pathspec: str, _datastore_obj: Datastore | None = None) -> None:
+    def __init__(
+        self,
+        pathspec: str,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
+    ) -> None:
         self.pathspec = pathspec
         self.id = pathspec.rsplit("/", 1)[-1]
-        self._ds = _datastore_obj or _datastore()
+        self._ds = open_datastore(datastore)
+        self._ns = namespace
+
+    @property
+    def datastore(self) -> Datastore:
+        """The datastore this object is read from."""
+        return self._ds
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace this object lists and checks runs in (None: every run)."""
+        return get_namespace() if isinstance(self._ns, _Unset) else self._ns
+
+    def _scope(self) -> dict[str, Any]:
+        """The settings an object passes to the objects it gives."""
+        return {"datastore": self._ds, "namespace": self._ns}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}('{self.pathspec}')"
@@ -98,12 +148,29 @@ class _ClientObject:
 
 
 class Metaflow:
-    """Every flow in the datastore."""
+    """Every flow in the datastore (``datastore=``: this one instead of the global)."""
+
+    def __init__(
+        self,
+        *,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
+    ) -> None:
+        self._ds = open_datastore(datastore) if datastore is not None else None
+        self._ns = namespace
+
+    @property
+    def datastore(self) -> Datastore:
+        return self._ds if self._ds is not None else open_datastore()
+
+    @property
+    def namespace(self) -> str | None:
+        return get_namespace() if isinstance(self._ns, _Unset) else self._ns
 
     @property
     def flows(self) -> list[Flow]:
-        ds = _datastore()
-        return [Flow(name) for name in ds.list_flows()]
+        ds = self.datastore
+        return [Flow(name, datastore=ds, namespace=self._ns) for name in ds.list_flows()]
 
     def __iter__(self) -> Iterator[Flow]:
         return iter(self.flows)
@@ -115,9 +182,15 @@ class Metaflow:
 class Flow(_ClientObject):
     """A flow: all of its runs, newest first."""
 
-    def __init__(self, pathspec: str, _datastore_obj: Datastore | None = None) -> None:
+    def __init__(
+        self,
+        pathspec: str,
+        *,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
+    ) -> None:
         (name,) = _split(pathspec, 1, "Flow")
-        super().__init__(name, _datastore_obj)
+        super().__init__(name, datastore, namespace)
         if not self._ds.list_runs(name):
             raise ClientNotFound(f"Flow {name} has no runs in datastore {self._ds.url}.")
 
@@ -125,24 +198,25 @@ class Flow(_ClientObject):
         """Runs in the current namespace (with all of ``tags``), newest first.
 
         A run whose ``run.json`` is corrupt is left out with a CorruptRecordWarning."""
+        ns = self.namespace
         for run_id in self._ds.list_runs(self.id):
             try:
                 record = self._ds.read_run(self.id, run_id)
             except CorruptRecordError as exc:
                 warn_corrupt(f"Skipping run {self.id}/{run_id}: {exc}")
                 continue
-            if record is None or not _in_namespace(record):
+            if record is None or not _in_namespace(record, ns):
                 continue
             all_tags = set(record.get("tags", [])) | set(record.get("system_tags", []))
             if all(t in all_tags for t in tags):
-                yield Run(f"{self.id}/{run_id}", _record=record, _datastore_obj=self._ds)
+                yield Run(f"{self.id}/{run_id}", _record=record, **self._scope())
 
     def __iter__(self) -> Iterator[Run]:
         return self.runs()
 
     def __getitem__(self, run_id: str) -> Run:
         check_run_id(run_id)
-        return Run(f"{self.id}/{run_id}", _datastore_obj=self._ds)
+        return Run(f"{self.id}/{run_id}", **self._scope())
 
     @property
     def latest_run(self) -> Run | None:
@@ -167,19 +241,20 @@ class Run(_ClientObject):
         self,
         pathspec: str,
         _record: dict | None = None,
-        _datastore_obj: Datastore | None = None,
-        _any_namespace: bool = False,
+        *,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
     ) -> None:
         flow, run_id = _split(pathspec, 2, "Run")
-        super().__init__(pathspec, _datastore_obj)
+        super().__init__(pathspec, datastore, namespace)
         self.flow_name = flow
         record = _record if _record is not None else self._ds.read_run(flow, run_id)
         if record is None:
             raise ClientNotFound(f"Run {pathspec} does not exist in datastore {self._ds.url}.")
-        if _record is None and not _any_namespace and not _in_namespace(record):
+        if _record is None and not _in_namespace(record, self.namespace):
             raise ClientNotFound(
-                f"Run {pathspec} is not in namespace {get_namespace()!r}; "
-                "use namespace(None) to see every run."
+                f"Run {pathspec} is not in namespace {self.namespace!r}; "
+                "use namespace(None) (or Run(..., namespace=None)) to see every run."
             )
         self._record = record
 
@@ -264,6 +339,13 @@ class Run(_ClientObject):
         return self._record.get("origin_run_id")
 
     @property
+    def graph(self) -> list[dict[str, Any]]:
+        """The flow's steps as recorded when the run started, in order: for each a dict
+        with ``name``, ``next`` (step names) and, when they apply, ``foreach``,
+        ``join`` and ``doc``."""
+        return [dict(s) for s in self._record.get("graph", {}).get("steps", [])]
+
+    @property
     def failures(self) -> list[str]:
         status = self._status
         return list(status.get("failures", [])) if status else []
@@ -272,12 +354,21 @@ class Run(_ClientObject):
 class Step(_ClientObject):
     """One step of a run: its tasks (several for a foreach)."""
 
-    def __init__(self, pathspec: str, _run: Run | None = None) -> None:
+    def __init__(
+        self,
+        pathspec: str,
+        _run: Run | None = None,
+        *,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
+    ) -> None:
         flow, run_id, step_name = _split(pathspec, 3, "Step")
-        super().__init__(pathspec, _run._ds if _run is not None else None)
+        if _run is not None:
+            datastore, namespace = _run._ds, _run._ns
+        super().__init__(pathspec, datastore, namespace)
         self.flow_name, self.run_id = flow, run_id
         if _run is None:
-            Run(f"{flow}/{run_id}")  # checks existence and namespace
+            Run(f"{flow}/{run_id}", **self._scope())  # checks existence and namespace
             if step_name not in self._ds.list_steps(flow, run_id):
                 raise ClientNotFound(f"Run {flow}/{run_id} has no step '{step_name}'.")
 
@@ -285,12 +376,12 @@ class Step(_ClientObject):
         index = self._ds.read_step_index(self.flow_name, self.run_id, self.id)
         if index is not None:  # a finished run: every final record in one object
             for task_id in sorted(index, key=lambda t: (len(t), t)):
-                task = Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
+                task = Task(f"{self.pathspec}/{task_id}", _checked=True, **self._scope())
                 task._attempt, task._record_cache = index[task_id]["attempt"], index[task_id]
                 yield task
             return
         for task_id in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
-            yield Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
+            yield Task(f"{self.pathspec}/{task_id}", _checked=True, **self._scope())
 
     def __iter__(self) -> Iterator[Task]:
         return self.tasks()
@@ -299,7 +390,7 @@ class Step(_ClientObject):
         check_task_id(task_id)
         if task_id not in self._ds.list_tasks(self.flow_name, self.run_id, self.id):
             raise ClientNotFound(f"Step {self.pathspec} has no task {task_id}.")
-        return Task(f"{self.pathspec}/{task_id}", _checked=True, _datastore_obj=self._ds)
+        return Task(f"{self.pathspec}/{task_id}", _checked=True, **self._scope())
 
     @property
     def task(self) -> Task | None:
@@ -311,13 +402,18 @@ class Task(_ClientObject):
     """One task: its artifacts, logs and outcome (of its latest attempt)."""
 
     def __init__(
-        self, pathspec: str, _checked: bool = False, _datastore_obj: Datastore | None = None
+        self,
+        pathspec: str,
+        _checked: bool = False,
+        *,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
     ) -> None:
         flow, run_id, step_name, task_id = _split(pathspec, 4, "Task")
-        super().__init__(pathspec, _datastore_obj)
+        super().__init__(pathspec, datastore, namespace)
         self.flow_name, self.run_id, self.step_name = flow, run_id, step_name
         if not _checked:
-            Step(f"{flow}/{run_id}/{step_name}")
+            Step(f"{flow}/{run_id}/{step_name}", **self._scope())
             if task_id not in self._ds.list_tasks(flow, run_id, step_name):
                 raise ClientNotFound(f"Step {flow}/{run_id}/{step_name} has no task {task_id}.")
         self._attempt: int | None = None
@@ -430,16 +526,24 @@ class Task(_ClientObject):
 class DataArtifact(_ClientObject):
     """One artifact of a task; ``.data`` loads its value."""
 
-    def __init__(self, pathspec: str) -> None:
+    def __init__(
+        self,
+        pathspec: str,
+        *,
+        datastore: str | Datastore | None = None,
+        namespace: str | None | _Unset = _GLOBAL,
+    ) -> None:
         flow, run_id, step_name, task_id, name = _split(pathspec, 5, "DataArtifact")
-        task = Task(f"{flow}/{run_id}/{step_name}/{task_id}")
+        task = Task(
+            f"{flow}/{run_id}/{step_name}/{task_id}", datastore=datastore, namespace=namespace
+        )
         found = task[name]
         self.__dict__.update(found.__dict__)
 
     @classmethod
     def _from(cls, task: Task, name: str, entry: dict) -> DataArtifact:
         obj = cls.__new__(cls)
-        _ClientObject.__init__(obj, f"{task.pathspec}/{name}", task._ds)
+        _ClientObject.__init__(obj, f"{task.pathspec}/{name}", **task._scope())
         obj._task = task
         obj._entry = entry
         return obj

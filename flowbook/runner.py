@@ -104,13 +104,8 @@ class ExecutingRun:
             pathspec = self._read("run_id").decode("utf-8", errors="replace")
             if pathspec:
                 from .client import Run
-                from .datastore import Datastore
 
-                self._run = Run(
-                    pathspec,
-                    _datastore_obj=Datastore(self.runner.datastore_url),
-                    _any_namespace=True,
-                )
+                self._run = Run(pathspec, datastore=self.runner.datastore_url, namespace=None)
         return self._run
 
     @property

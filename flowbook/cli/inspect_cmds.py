@@ -37,12 +37,11 @@ def check_task_pathspec(flow_name: str, pathspec: str, command: str) -> list[str
 def _tasks(flow_name: str, pathspec: str, datastore: str | None, command: str) -> list:
     from .. import client
 
-    if datastore:
-        client.datastore(datastore)
-    client.namespace(None)
     parts = check_task_pathspec(flow_name, pathspec, command)
     try:
-        step = client.Step(f"{flow_name}/{parts[0]}/{parts[1]}")
+        step = client.Step(
+            f"{flow_name}/{parts[0]}/{parts[1]}", datastore=datastore or None, namespace=None
+        )
         return [step[parts[2]]] if len(parts) == 3 else list(step)
     except ClientError as exc:
         raise FlowbookError(str(exc)) from None

@@ -216,11 +216,11 @@ class FlowbookMagics(Magics):
             rest = []
         if rest:
             pathspec = rest[0] if "/" in rest[0] else f"{self.session.flow_name}/{rest[0]}"
-            run = Run(pathspec, _datastore_obj=datastore, _any_namespace=True)
+            run = Run(pathspec, datastore=datastore, namespace=None)
         elif self.session.last_run_pathspec:
-            run = Run(self.session.last_run_pathspec, _datastore_obj=datastore, _any_namespace=True)
+            run = Run(self.session.last_run_pathspec, datastore=datastore, namespace=None)
         else:
-            run = Flow(self.session.flow_name, _datastore_obj=datastore).latest_run
+            run = Flow(self.session.flow_name, datastore=datastore).latest_run
             if run is None:
                 raise FlowbookError(f"Flow {self.session.flow_name} has no run to show yet.")
         panel = None
@@ -304,7 +304,7 @@ class FlowbookMagics(Magics):
         parts = args.pathspec.strip("/").split("/")
         if len(parts) == 3:
             parts = [self.session.flow_name, *parts]
-        task = Task("/".join(parts), _datastore_obj=self.session.datastore)
+        task = Task("/".join(parts), datastore=self.session.datastore, namespace=None)
         print(task.stderr if args.stderr else task.stdout, end="")
 
     def _flow_export(self, rest: list[str]) -> None:

@@ -37,11 +37,18 @@ class StepResults:
 
     @property
     def tasks(self) -> list:
-        from ..client import Task
+        """The Client ``Task`` of each result, in order."""
+        from ..client import Step
 
-        return [
-            Task(p, _checked=True, _datastore_obj=self._session.datastore) for p in self.pathspecs
-        ]
+        steps: dict[str, dict] = {}  # one listing per step, not one per task
+        tasks = []
+        for pathspec in self.pathspecs:
+            step_path, _, task_id = pathspec.rpartition("/")
+            if step_path not in steps:
+                step = Step(step_path, datastore=self._session.datastore, namespace=None)
+                steps[step_path] = {task.id: task for task in step}
+            tasks.append(steps[step_path][task_id])
+        return tasks
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
@@ -113,7 +120,7 @@ class FlowResults:
         path = self._session.last_run_pathspec
         if path is None:
             return None
-        return Run(path, _datastore_obj=self._session.datastore, _any_namespace=True)
+        return Run(path, datastore=self._session.datastore, namespace=None)
 
     def __repr__(self) -> str:
         session = self._session

@@ -15,7 +15,7 @@ __all__ = ["FlowPanel", "RunState", "ui", "panel_for_run", "graph_of_run"]
 
 
 def panel_for_run(run: Any, on_resume: Any = None) -> FlowPanel:
-    return FlowPanel(graph_of_run(run), RunState.from_run(run), run._ds, on_resume=on_resume)
+    return FlowPanel(graph_of_run(run), RunState.from_run(run), run.datastore, on_resume=on_resume)
 
 
 def ui(target: Any = None, *, datastore: str | None = None) -> FlowPanel:
@@ -23,14 +23,13 @@ def ui(target: Any = None, *, datastore: str | None = None) -> FlowPanel:
     from .. import client
     from ..exceptions import ClientError
 
-    ds = client.Datastore(datastore) if datastore else client._datastore()
     if isinstance(target, client.Flow):
         target = target.latest_run
     elif isinstance(target, str):
         if "/" in target:
-            target = client.Run(target, _datastore_obj=ds, _any_namespace=True)
+            target = client.Run(target, datastore=datastore, namespace=None)
         else:
-            target = client.Flow(target, _datastore_obj=ds).latest_run
+            target = client.Flow(target, datastore=datastore).latest_run
     if not isinstance(target, client.Run):
         raise ClientError(
             f"ui() takes a flow name, a run pathspec, a Run or a Flow, not {target!r}."

@@ -27,7 +27,7 @@ def graph_of_run(run: Any) -> FlowGraph:
     """The FlowGraph recorded with a run (partial: its steps and transitions)."""
     from ..graph import StepNode
 
-    steps = run._record.get("graph", {}).get("steps", [])
+    steps = run.graph
     nodes = [
         StepNode(
             name=s["name"],
@@ -166,7 +166,7 @@ class FlowPanel(widgets.VBox):
         if not self.state.pathspec or self.datastore is None:
             return None
         try:
-            return Run(self.state.pathspec, _datastore_obj=self.datastore, _any_namespace=True)
+            return Run(self.state.pathspec, datastore=self.datastore, namespace=None)
         except Exception:
             return None
 
@@ -174,7 +174,7 @@ class FlowPanel(widgets.VBox):
         """Show another run (of any flow) in this panel."""
         self.graph = graph_of_run(run)
         self.state = RunState.from_run(run)
-        self.datastore = run._ds
+        self.datastore = run.datastore
         self.refresh(force=True)
 
     def _refresh_runs(self) -> None:
@@ -207,7 +207,7 @@ class FlowPanel(widgets.VBox):
         if self._syncing or not (flow and run_id) or self.state.pathspec == f"{flow}/{run_id}":
             return
         try:
-            run = Run(f"{flow}/{run_id}", _datastore_obj=self.datastore, _any_namespace=True)
+            run = Run(f"{flow}/{run_id}", datastore=self.datastore, namespace=None)
         except Exception:
             return
         self.show_run(run)
@@ -264,8 +264,8 @@ class FlowPanel(widgets.VBox):
         try:
             return Task(
                 f"{self.state.pathspec}/{self.step_picker.value}/{self.task_picker.value}",
-                _checked=True,
-                _datastore_obj=self.datastore,
+                datastore=self.datastore,
+                namespace=None,
             )
         except Exception:
             return None
@@ -333,8 +333,8 @@ class FlowPanel(widgets.VBox):
         try:
             task = Task(
                 f"{self.state.pathspec}/{self.log_task_picker.value}",
-                _checked=True,
-                _datastore_obj=self.datastore,
+                datastore=self.datastore,
+                namespace=None,
             )
             text = task.stdout if self.log_stream.value == "stdout" else task.stderr
         except Exception as exc:

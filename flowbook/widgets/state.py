@@ -116,11 +116,10 @@ class RunState:
     @classmethod
     def from_run(cls, run: Any) -> RunState:
         """The state of a Client ``Run`` as its records tell it."""
-        graph = run._record.get("graph", {})
-        state = cls([s["name"] for s in graph.get("steps", [])], run.pathspec)
+        state = cls([s["name"] for s in run.graph], run.pathspec)
         for step in run:
             for task in step:
-                record = task._record
+                record = task.metadata_dict
                 status = record.get("status")
                 state.step(step.id).tasks[task.id] = TaskState(
                     task.id,
