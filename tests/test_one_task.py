@@ -704,3 +704,153 @@ def test_task_frames_give_what_the_scheduler_gives(tmp_path):
         task_frames(graph, "p", [outers[0]])
     with pytest.raises(FramesError, match="takes one input"):
         task_frames(graph, "inner", [outers[0], outers[1]], 0)
+
+
+# ---------------------------------------------------------------------- the command line
+TASK_ARGVS = [
+    ["init", "--run-id", "r1", "--task-id", "p1"],
+    ["--datastore", "/tmp/ds", "--quiet", "init", "--run-id=r1", "--task-id", "p1", "--bonus", "3"],
+    ["init", "--run-id", "r1", "--task-id", "p1", "--tag", "a", "--tag", "b"],
+    ["--with", "retry:times=2", "step", "start", "--run-id", "r1", "--task-id", "t1"]
+    + ["--input-paths", "r1/_parameters/p1"],
+    ["step", "analyze", "--run-id", "r1", "--task-id", "t2", "--input-paths", "r1/start/t1"]
+    + ["--split-index", "2", "--retry-count", "1", "--max-user-code-retries", "3"]
+    + ["--max-num-splits", "7", "--tag", "x"],
+    ["mark-failed", "--run-id", "r1", "--reason", "the workflow failed"],
+    ["mark-failed", "--run-id", "r1"],
+]
+
+
+@pytest.mark.parametrize("argv", TASK_ARGVS, ids=range(len(TASK_ARGVS)))
+def test_the_plain_reading_and_click_give_the_same_settings(tmp_path, argv, monkeypatch):
+    from flowbook.cli.flow_cli import build_cli
+    from flowbook.cli.task_cmds import read_plain_task
+
+    monkeypatch.delenv("FLOWBOOK_RUN_MAX_NUM_SPLITS", raising=False)
+    monkeypatch.delenv("METAFLOW_RUN_MAX_NUM_SPLITS", raising=False)
+    path = tmp_path / "flow.py"
+    path.write_text(FOREACH_FLOW)
+    flow_cls = load_flow_class(str(path))
+    graph = FlowGraph.from_flow_class(flow_cls)
+    fast = read_plain_task(argv, {"creatures", "bonus", "info"})
+    assert fast is not None
+    seen = []
+    cli = build_cli(flow_cls, graph, start_task=lambda c, g, settings: seen.append(settings) or 0)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args=argv, prog_name="flow.py", standalone_mode=False)
+    assert exit_info.value.code == 0
+    assert seen == [fast]
+
+
+def test_step_does_not_import_click_and_click_serves_help(run_flow):
+    run_flow.write(FOREACH_FLOW)
+    orchestrator = Orchestrator(run_flow, "flow.py")
+    parameters = orchestrator.init()
+    result = orchestrator.command(
+        "step",
+        "start",
+        "--run-id",
+        orchestrator.run_id,
+        "--task-id",
+        "t1",
+        "--input-paths",
+        parameters,
+        env={"PYTHONPROFILEIMPORTTIME": "1"},
+    )
+    assert result.returncode == 0, result
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert "flowbook.runtime.one_task" in imported
+    assert "click" not in imported and "flowbook.runtime.scheduler" not in imported
+    shown = run_flow(None, "step", "--help")
+    assert shown.returncode == 0, shown
+    assert "--input-paths" in shown.stdout and "--split-index" in shown.stdout
+    shown = run_flow(None, "init", "--help")
+    assert shown.returncode == 0 and "--bonus" in shown.stdout and "--task-id" in shown.stdout
+    unknown = run_flow(None, "step", "start", "--run-id", "r", "--bogus", "1")
+    assert unknown.returncode == 2 and "No such option '--bogus'" in unknown.stderr, unknown
+
+
+def test_catch_on_the_last_retry_continues_the_flow(run_flow):
+    run_flow.write(
+        """
+        from flowbook import FlowSpec, catch, step
+
+        class CatchFlow(FlowSpec):
+            @catch(var="problem")
+            @step
+            def start(self):
+                raise ValueError("no luck")
+                self.next(self.end)  # never reached: @catch continues the flow
+
+            @step
+            def end(self):
+                print("problem was", self.problem.exception)
+
+        if __name__ == "__main__":
+            CatchFlow()
+        """
+    )
+    orchestrator = Orchestrator(run_flow, "flow.py")
+    start = orchestrator.step("start", orchestrator.init())
+    orchestrator.step("end", start)
+    assert_task_output_reached_stdout(orchestrator, "problem was")
+    ds = Datastore(str(run_flow.datastore))
+    task_id = start.rsplit("/", 1)[1]
+    assert sorted(ds.task_attempts("CatchFlow", orchestrator.run_id, "start", task_id)) == [0, 1]
+    assert ds.read_run_status("CatchFlow", orchestrator.run_id)["successful"] is True
+
+
+SLEEPY_FLOW = """
+import subprocess, time
+from flowbook import FlowSpec, step
+
+class SleepyFlow(FlowSpec):
+    @step
+    def start(self):
+        print("child", subprocess.Popen(["sleep", "60"]).pid, flush=True)
+        time.sleep(60)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+if __name__ == "__main__":
+    SleepyFlow()
+"""
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_step_process_takes_its_task_with_it(run_flow, signal_name):
+    """SIGTERM (a pod deleted) is forwarded to the task's group; SIGKILL of the step
+    process ends the task through its lifeline. Neither marks the run failed: the
+    orchestrator decides (a retry, or its exit handler)."""
+    import signal
+    import subprocess
+    import sys
+
+    run_flow.write(SLEEPY_FLOW)
+    orchestrator = Orchestrator(run_flow, "flow.py")
+    parameters = orchestrator.init()
+    args = ["step", "start", "--run-id", orchestrator.run_id, "--task-id", "t1"]
+    proc = subprocess.Popen(
+        [sys.executable, "flow.py", *args, "--input-paths", parameters],
+        cwd=run_flow.workdir,
+        env=run_flow.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    assert line.startswith("child "), (line, proc.stderr.read() if proc.poll() is not None else "")
+    child = int(line.split()[1])
+    proc.send_signal(getattr(signal, signal_name))
+    proc.wait(timeout=20)
+    deadline = time.time() + 10
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+    if signal_name == "SIGTERM":
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr.read()
+    ds = Datastore(str(run_flow.datastore))
+    assert ds.read_run_status("SleepyFlow", orchestrator.run_id) is None
