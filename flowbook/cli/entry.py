@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings  # imported by the interpreter at start-up: costs nothing here
 
-from ..exceptions import FlowbookError
+from ..exceptions import FlowbookError, FlowbookWarning
 from ..graph import FlowGraph
 from ..options import COMMANDS, RESUME, RESUME_STEP, TOP, Option, by_name, defaults
 
@@ -24,6 +25,42 @@ TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
+
+
+def show_flowbook_warnings() -> None:
+    """Print flowbook's own warnings (:class:`FlowbookWarning`) as one line,
+    ``Warning: <message>``, on stderr; any other warning as Python prints it.
+
+    Python's format adds the file and line that called ``warnings.warn`` and that
+    line's source: noise on a command line, where the message says all there is.
+    Installed by the command-line entry points only (a notebook keeps its own);
+    installing it twice is harmless."""
+    if getattr(warnings.showwarning, "_flowbook", False):
+        return
+    default = warnings.showwarning
+
+    def showwarning(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if not issubclass(category, FlowbookWarning):
+            default(message, category, filename, lineno, file, line)
+            return
+        stream = file if file is not None else sys.stderr
+        if stream is None:  # pythonw: nowhere to write
+            return
+        try:
+            stream.write(f"Warning: {message}\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr
+            pass
+
+    showwarning._flowbook = True  # type: ignore[attr-defined]
+    warnings.showwarning = showwarning
 
 
 def fail(message: str) -> None:
@@ -180,6 +217,12 @@ def exit_process(code: int) -> None:
     os._exit(code)
 
 
+def _in_a_live_shell() -> bool:
+    """True inside a running IPython shell or kernel (``MyFlow()`` in a cell)."""
+    get_ipython = getattr(sys.modules.get("IPython"), "get_ipython", None)
+    return get_ipython is not None and get_ipython() is not None
+
+
 def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None = None) -> None:
     """Validate the flow, then run its command line; never returns.
 
@@ -187,6 +230,8 @@ def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None 
     defined in a notebook and sent to a subprocess by NBRunner).
     """
     argv = sys.argv[1:] if args is None else list(args)
+    if not _in_a_live_shell():
+        show_flowbook_warnings()
     try:
         graph = graph or FlowGraph.from_flow_class(flow_cls)
         from ..parameters import flow_parameters

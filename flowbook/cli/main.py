@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"flowbook: {exc}\n\n{usage()}", end="", file=sys.stderr)
         sys.exit(2)
     from ..exceptions import FlowbookError
-    from .entry import fail
+    from .entry import fail, show_flowbook_warnings
     from .entry import main as flow_main
+
+    show_flowbook_warnings()  # before the flow file is loaded
 
     if command in NOTEBOOK_COMMANDS:
         _notebook_tool(command, path, rest)

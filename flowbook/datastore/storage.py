@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterable
 
-from ..exceptions import DatastoreError
+from ..exceptions import DatastoreError, FlowbookWarning
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class DatastoreWriteError(DatastoreError):
         return type(self)(message, self.root, what, self.reason, self.errno)
 
 
-class DatastoreTrustWarning(UserWarning):
+class DatastoreTrustWarning(FlowbookWarning):
     """A local datastore is owned by another user, who can run code as its readers."""
 
 
