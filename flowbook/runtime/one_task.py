@@ -181,7 +181,12 @@ def _mark_failed(datastore: Datastore, flow: str, run_id: str, failure: str) -> 
 
 def finish_run(datastore: Datastore, flow: str, run_id: str, quiet: bool = False) -> None:
     """Mark a run whose end task succeeded finished and successful: the step indexes
-    (every task's final record, as ``run_flow`` writes them) and ``status.json``."""
+    (every task's final record, as ``run_flow`` writes them) and ``status.json``.
+    A run already marked successful (a retried end task) is left as it is."""
+    status = _status(datastore, flow, run_id)
+    if status is not None and status.get("successful"):
+        _say(f"Flow {flow}: run {run_id} had finished successfully already.", quiet=quiet)
+        return
     try:
         datastore.write_step_indexes(flow, run_id, final_task_records(datastore, flow, run_id))
     except DatastoreError as exc:  # a read-side copy: readers fall back to the records
@@ -225,8 +230,6 @@ def init_run(
     parameters = flow_parameters(flow_cls)
     explicit = _explicit_values(flow, parameters, dict(given or {}), environ)
     run = datastore.read_run(flow, run_id)
-    if run is not None and run.get("flow", flow) != flow:
-        raise FlowbookError(f"Run {run_id} in {datastore.url} is a run of flow {run['flow']}.")
     task = latest_successful(datastore, flow, run_id, PARAMETERS_STEP, task_id)
     stored = run["parameters"] if run is not None else (task or {}).get("artifacts")
     pathspec = f"{run_id}/{PARAMETERS_STEP}/{task_id}"
