@@ -218,25 +218,21 @@ def _user_name() -> str:
     return "unknown"
 
 
-#: Names the command line uses itself: a parameter may not take them.
-RESERVED_PARAMETER_NAMES = frozenset(
-    {
-        "tag",
-        "tags",
-        "max-workers",
-        "max-num-splits",
-        "with",
-        "namespace",
-        "run-id",
-        "run-id-file",
-        "origin-run-id",
-        "params",
-        "datastore",
-        "quiet",
-        "help",
-        "pylint",
-    }
-)
+def _reserved_names() -> frozenset[str]:
+    from .options import OPTIONS  # os, exceptions and plain only: already loaded here
+
+    names = {name[2:] for option in OPTIONS for name in option.names}
+    # Names click, resume and the task entry point use besides the options table's,
+    # and Metaflow's (a flow moved from Metaflow must not take them either).
+    names |= {"tags", "namespace", "params", "help"}
+    names |= {"run-id", "task-id", "input-paths", "split-index", "retry-count"}
+    names |= {"max-user-code-retries", "origin-run-id"}
+    return frozenset(names)
+
+
+#: Names the command line uses itself (every option of :mod:`flowbook.options`, both
+#: spellings of a flag, and a few more): a parameter may not take them.
+RESERVED_PARAMETER_NAMES = _reserved_names()
 
 
 def flow_parameters(flow_cls: type) -> dict[str, Parameter]:
