@@ -16,11 +16,21 @@ from conftest import TRACEBACK, assert_refused, assert_task_failed
 # A flow whose failures are switched by marker files in its working directory, so the
 # same file fails the first time and succeeds on resume.
 FAILING = """
-import os
+import glob, os, time
 from flowbook import FlowSpec, Parameter, step, current
 
-def fail_if(name):
+def settle(prefix, count):
+    # A failure stops new tasks: fail only once the tasks that run before this one
+    # in an uninterrupted run have run, so what resume clones does not depend on timing.
+    deadline = time.time() + 20
+    while len(glob.glob(prefix + "*")) < count and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+
+def fail_if(name, after=None):
     if os.path.exists(name):
+        if after:
+            settle(*after)
         raise RuntimeError(f"failing because {name} exists")
 
 class Failing(FlowSpec):
@@ -35,19 +45,22 @@ class Failing(FlowSpec):
     @step
     def outer(self):
         fail_if("fail_outer")
+        open(f"ran_outer_{self.index}", "w").close()
         self.inner_items = self.input
         self.next(self.inner, foreach="inner_items")
 
     @step
     def inner(self):
+        open(f"ran_inner_{self.input}", "w").close()
         if os.path.exists(f"fail_inner_{self.input}"):
+            settle("ran_outer_", 2)
             raise ValueError(f"inner {self.input} failed")
         self.value = self.input * 10 * self.alpha
         self.next(self.inner_join)
 
     @step
     def inner_join(self, inputs):
-        fail_if("fail_inner_join")
+        fail_if("fail_inner_join", after=("ran_inner_", 5))
         self.subtotal = sum(i.value for i in inputs)
         self.next(self.outer_join)
 
@@ -467,8 +480,8 @@ def test_a_user_exception_shows_the_users_traceback_only(run_flow):
     result = run_flow(FAILING, "run")
     assert flag.exists()
     assert_task_failed(result, "outer", "RuntimeError: failing because fail_outer exists")
-    assert 'flow.py", line 7, in fail_if' in result.output
-    assert 'flow.py", line 20, in outer' in result.output
+    assert 'flow.py", line 17, in fail_if' in result.output
+    assert 'flow.py", line 30, in outer' in result.output
     assert "/outer/" in result.output
 
 

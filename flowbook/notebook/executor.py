@@ -13,6 +13,7 @@ import hashlib
 from typing import Any
 
 from ..datastore.pickling import dumps_code
+from ..runtime.executor import TaskExecutor, TaskExited, TaskStarted
 from ..runtime.server import DEFINITIONS, TaskServerClient
 from ..runtime.task import execute_task
 from .builder import register_source  # imported here, in the server, not in every task
@@ -27,7 +28,7 @@ def run_defined_task(payload: tuple) -> int:
     return execute_task(spec, flow_cls, graph)
 
 
-class NotebookExecutor:
+class NotebookExecutor(TaskExecutor):
     """What the scheduler talks to: the kernel's server plus the current definition."""
 
     def __init__(self) -> None:
@@ -45,18 +46,18 @@ class NotebookExecutor:
         self.definition = name
         return name
 
-    # The scheduler's executor interface
-    def fileno(self) -> int:
-        return self.server.fileno()
-
+    # The scheduler's executor interface (runtime/executor.py)
     def submit(self, key: Any, spec: Any) -> None:
         self.server.submit(key, (self.definition, spec))
 
+    def wait_events(self, timeout: float) -> list[TaskStarted | TaskExited]:
+        return self.server.wait_events(timeout)
+
+    def kill(self, key: Any, signal_number: int) -> None:
+        self.server.kill(key, signal_number)
+
     def warm(self, module: str) -> None:
         self.server.warm(module)
-
-    def read_events(self) -> list[tuple]:
-        return self.server.read_events()
 
     def alive(self) -> bool:
         return self.server.alive()

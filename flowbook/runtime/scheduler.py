@@ -12,7 +12,6 @@ usable by ``resume``), then the run is marked failed.
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,8 +25,8 @@ from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
 from ..plain import Plain
 from . import signals
 from .console import Console, LogTail
+from .executor import ExecutorLost, TaskExecutor, TaskExited, TaskStarted
 from .resume import ResumePlan
-from .server import ExecutorLost, kill_group
 from .spec import TaskSpec
 from .task import EXIT_CANNOT_RECORD
 
@@ -102,6 +101,7 @@ class RunningTask(Plain):
         self.pending = pending
         self.spec = spec
         self.pid: int | None = None
+        self.has_started = False  # the executor said so
         self.started = time.time()
         self.tails = tails
         self.deadline: float | None = None
@@ -132,7 +132,7 @@ class Scheduler:
         graph: FlowGraph,
         datastore: Datastore,
         run_id: str,
-        executor,
+        executor: TaskExecutor,
         console: Console,
         parameters: dict[str, dict],
         max_workers: int = DEFAULT_MAX_WORKERS,
@@ -213,10 +213,8 @@ class Scheduler:
             can_start_more = not self.failures and (self.queue or self.delayed)
             if not self.running and not can_start_more:
                 break
-            readable, _, _ = select.select([self.executor], [], [], self._wait_time())
-            if readable:
-                for event in self.executor.read_events():
-                    self._handle_event(event)
+            for event in self.executor.wait_events(self._wait_time()):
+                self._handle_event(event)
             self._enforce_timeouts()
             self._tail_logs()
             now = time.monotonic()
@@ -250,27 +248,28 @@ class Scheduler:
     def _enforce_timeouts(self) -> None:
         now = time.time()
         for task in self.running.values():
-            if task.deadline and not task.timed_out and now > task.deadline and task.pid:
+            if task.deadline and not task.timed_out and now > task.deadline and task.has_started:
                 task.timed_out = True
-                kill_group(task.pid, signals.SIGKILL)
+                self.executor.kill(task.pending.task_id, signals.SIGKILL)
 
-    def _handle_event(self, event: tuple) -> None:
-        kind, task_id = event[0], event[1]
-        task = self.running.get(task_id)
+    def _handle_event(self, event: TaskStarted | TaskExited) -> None:
+        task = self.running.get(event.key)
         if task is None:
             return
-        if kind == "started":
-            task.pid = event[2]
+        if isinstance(event, TaskStarted):
+            task.pid = event.pid
+            task.has_started = True
             self.console.message(f"[{task.prefix}] Task is starting.")
-            self.on_event("task_started", {"step": task.spec.step, "task_id": task_id})
-        elif kind == "exited":
-            task.pid = task.pid or event[2]
-            self._finish(task, event[3])
+            self.on_event("task_started", {"step": task.spec.step, "task_id": event.key})
+        else:
+            task.pid = task.pid or event.pid
+            task.has_started = True
+            self._finish(task, event.code)
 
     def _tail_logs(self, only: RunningTask | None = None, final: bool = False) -> None:
         printed = False
         for task in [only] if only else list(self.running.values()):
-            if task.tails is None or task.pid is None:
+            if task.tails is None or not task.has_started:
                 continue  # not until its "started" event: every line names the pid
             out, err = task.tails
             for line in out.read_lines(final):
@@ -475,10 +474,12 @@ class Scheduler:
                 "sha": transition["sha"],
             }
             body = node.out_funcs[0]
+            if self.only_steps is not None and body not in self.only_steps:
+                return  # a notebook running one step cell
             if self.graph[body].is_join:  # an empty body: the join takes the splits at once
                 for index in range(count):
                     self._to_child(body, parent, stack + [dict(frame, index=index)])
-            elif self.only_steps is None or body in self.only_steps:
+            else:
                 self.queue.append(PendingSplits(body, parent, stack, frame, self._last_task_id + 1))
                 self._last_task_id += count
         elif len(node.out_funcs) > 1:
@@ -518,46 +519,41 @@ class Scheduler:
 
     # ------------------------------------------------------------ stopping
     def _terminate_running(self, grace: float = 3.0) -> None:
-        """SIGTERM every running task's group, SIGKILL what is left after ``grace``
-        seconds, and wait until each has exited: nothing of this run writes a record
-        after the scheduler marks it failed."""
-        for pid in [t.pid for t in self.running.values() if t.pid]:
-            kill_group(pid, signals.SIGTERM)
+        """SIGTERM every running task (and what it started), SIGKILL what is left
+        after ``grace`` seconds, and wait until each has exited: nothing of this run
+        writes a record after the scheduler marks it failed."""
+        for key in list(self.running):
+            self.executor.kill(key, signals.SIGTERM)
         if self._await_exits(time.time() + grace):
             return
-        for task in self.running.values():
-            if task.pid:
-                kill_group(task.pid, signals.SIGKILL)
+        for key in list(self.running):
+            self.executor.kill(key, signals.SIGKILL)
         self._await_exits(time.time() + 5.0)
 
     def _await_exits(self, deadline: float) -> bool:
         """Read exit events until no task runs (True) or ``deadline`` passes."""
         while self.running and time.time() < deadline:
-            readable, _, _ = select.select([self.executor], [], [], 0.05)
-            if not readable:
-                continue
             try:
-                events = self.executor.read_events()
+                events = self.executor.wait_events(0.05)
             except ExecutorLost:
-                return False  # the server kills its tasks' groups as it goes
+                return False  # an executor stops its tasks as it goes
             for event in events:
-                if event[0] == "started" and event[1] in self.running:
+                if event.key not in self.running:
+                    continue
+                if isinstance(event, TaskStarted):
                     # submitted before the stop, started after it: stop it too
-                    self.running[event[1]].pid = event[2]
-                    kill_group(event[2], signals.SIGKILL)
-                elif event[0] == "exited" and event[1] in self.running:
-                    task = self.running.pop(event[1])
+                    self.executor.kill(event.key, signals.SIGKILL)
+                else:
+                    task = self.running.pop(event.key)
                     self._tail_logs(task, final=True)
         return not self.running
 
     def _executor_lost(self, exc: ExecutorLost) -> None:
-        """The task server (or cluster) is gone: its tasks were stopped with it (each
-        task's lifeline, see server.py); make sure, and fail the run naming why."""
+        """The executor is gone, and its tasks with it (a local task server's tasks
+        die by their lifelines, see server.py): fail the run naming why."""
         reason = f"{exc}; the run's running tasks were stopped"
         self.console.error(f"Flow {self.flow}: {reason}.")
         for task in self.running.values():
-            if task.pid:
-                kill_group(task.pid, signals.SIGKILL)
             self.on_event("task_failed", {"step": task.spec.step, "task_id": task.spec.task_id})
         self.running.clear()
         self.failures.append(reason)

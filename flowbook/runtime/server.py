@@ -41,18 +41,14 @@ import sys
 from collections.abc import Callable
 
 from ..datastore.pickling import PROTOCOL, cpickle
-from ..exceptions import FlowbookError
 from . import signals
+from .executor import ExecutorLost, TaskExecutor, TaskExited, TaskStarted
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from typing import Any
 
 _LEN = struct.Struct("<I")
-
-
-class ExecutorLost(FlowbookError):
-    """The process or cluster that runs a run's tasks went away in the middle of it."""
 
 
 class Channel:
@@ -329,14 +325,16 @@ def _run_spare(
         os._exit(code)
 
 
-class TaskServerClient:
-    """The scheduler's handle on a task server process it started."""
+class TaskServerClient(TaskExecutor):
+    """The scheduler's handle on a task server process it started: the executor of
+    a run on this machine (and, spawned, of a notebook's tasks)."""
 
     def __init__(self, channel: Channel, server_pid: int, popen: Any = None) -> None:
         self.channel = channel
         self.server_pid = server_pid
         self._popen = popen
         self.closed = False
+        self._pids: dict[Any, int] = {}  # running tasks' process ids, by key
 
     @classmethod
     def start_forked(cls, handler: Callable[[Any], int]) -> TaskServerClient:
@@ -381,7 +379,28 @@ class TaskServerClient:
         return self.channel.fileno()
 
     def submit(self, key: Any, payload: Any) -> None:
+        """Run ``handler(payload)`` in a task process (the payload is a TaskSpec for
+        a flow file's server, what the handler expects otherwise)."""
         self.channel.send(("run", key, payload))
+
+    def wait_events(self, timeout: float) -> list[TaskStarted | TaskExited]:
+        readable, _, _ = select.select([self.channel], [], [], timeout)
+        if not readable:
+            return []
+        events: list[TaskStarted | TaskExited] = []
+        for message in self.read_events():
+            if message[0] == "started":
+                self._pids[message[1]] = message[2]
+                events.append(TaskStarted(message[1], message[2]))
+            elif message[0] == "exited":
+                self._pids.pop(message[1], None)
+                events.append(TaskExited(message[1], message[3], message[2]))
+        return events
+
+    def kill(self, key: Any, signal_number: int) -> None:
+        pid = self._pids.get(key)
+        if pid is not None:
+            kill_group(pid, signal_number)
 
     def warm(self, module: str) -> None:
         """Have the server import ``module`` before it forks more tasks."""
