@@ -201,3 +201,17 @@ def test_notebook_step_results_give_client_tasks_of_the_sessions_datastore(
     assert [t.pathspec for t in tasks] == [t.pathspec for t in each]
     assert [t.data.item for t in tasks] == ["P", "Q"]
     _unchanged(global_settings)
+
+
+def test_logs_and_dump_read_the_datastore_given_on_the_command_line(two_datastores, tmp_path):
+    root_a, run_a = two_datastores["a"]
+    runner = FlowRunner(tmp_path)  # its own FLOWBOOK_DATASTORE is empty
+    runner.write("simple")
+    logs = runner(None, "--datastore", str(root_a), "logs", f"{run_a}/start")
+    assert logs.returncode == 0, logs
+    assert logs.stdout == "start says hi\n", logs
+    dump = runner(None, "--datastore", str(root_a), "dump", f"{run_a}/end")
+    assert dump.returncode == 0, dump
+    assert "a:2:P,Q" in dump.output, dump
+    elsewhere = runner(None, "logs", f"{run_a}/start")
+    assert elsewhere.returncode != 0, elsewhere
