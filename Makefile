@@ -1,31 +1,67 @@
-# The two commands at the top of README.md: `make demo` and `make test`.
-PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
+# The two commands at the top of README.md: `make demo` and `make test`. Each does
+# all of its own set-up on a fresh machine: the system packages it needs (with
+# apt-get, when run as root on Debian/Ubuntu) and a project virtualenv in .venv.
+VENV ?= .venv
+BOOTSTRAP_PYTHON ?= python3
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+# pytest workers: tests of one file share a worker (module-scoped kernels, servers)
+PYTEST_WORKERS ?= 2
 
-.PHONY: install install-test demo test lint format bench
+# graphviz: `dot` draws DAGs (a text fallback exists); chromium: the browser tests.
+DEMO_SYSTEM_PACKAGES = graphviz
+TEST_SYSTEM_PACKAGES = graphviz chromium
 
-install:
+.PHONY: install install-test demo test lint format bench system-packages-demo system-packages-test
+
+define apt_install
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -q >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
+endef
+
+$(PYTHON):
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+
+$(VENV)/.installed: pyproject.toml | $(PYTHON)
 	$(PIP) install -q -e .
+	touch $@
 
-install-test:
+$(VENV)/.installed-test: pyproject.toml | $(PYTHON)
 	$(PIP) install -q -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+system-packages-demo:
+	$(call apt_install,$(DEMO_SYSTEM_PACKAGES))
+
+system-packages-test:
+	$(call apt_install,$(TEST_SYSTEM_PACKAGES))
 
 # Runs an example flow and an example notebook end to end on the default local
 # datastore (./.flowbook); prints their DAGs and results.
-demo: install
+demo: system-packages-demo install
 	$(PYTHON) -m flowbook.examples.demo notebooks/counter_branches.ipynb
 
-lint:
+lint: install-test
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m ruff check .
 
-format:
+format: install-test
 	$(PYTHON) -m ruff format .
 	$(PYTHON) -m ruff check --fix .
 
 # The whole test suite (pytest's exit code 5, "no tests ran", fails too).
-test: install-test lint
-	$(PYTHON) -m pytest tests
+test: system-packages-test install-test lint
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: install
 	$(PYTHON) benchmarks/run.py
