@@ -141,10 +141,15 @@ class _ClientObject:
         return f"{type(self).__name__}('{self.pathspec}')"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.pathspec == other.pathspec  # type: ignore[attr-defined]
+        """The same object: same kind, same pathspec, same datastore."""
+        return (
+            type(self) is type(other)
+            and self.pathspec == other.pathspec  # type: ignore[attr-defined]
+            and self._ds.url == other._ds.url  # type: ignore[attr-defined]
+        )
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self.pathspec))
+        return hash((type(self).__name__, self.pathspec, self._ds.url))
 
 
 class Metaflow:

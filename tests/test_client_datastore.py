@@ -9,6 +9,7 @@ never touched. Modules other than client.py use only this public way.
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,11 @@ def test_two_datastores_side_by_side(two_datastores, global_settings):
         assert obj.datastore.url == str(root_a)
         assert obj.namespace is None
     assert run_b_obj["start"].task.datastore.url == str(root_b)
+    assert run_a_obj == client.Run(run_a_obj.pathspec, datastore=str(root_a), namespace=None)
+    copy = shutil.copytree(root_a, global_settings + "_copy_of_a")
+    twin = client.Run(run_a_obj.pathspec, datastore=copy, namespace=None)
+    assert twin.data.final == "a:2:P,Q"
+    assert twin != run_a_obj and len({twin, run_a_obj}) == 2  # same pathspec, two datastores
     assert [f.id for f in client.Metaflow(datastore=str(root_a)).flows] == ["SimpleFlow"]
     # The global datastore is empty and was never changed.
     with pytest.raises(ClientNotFound):
