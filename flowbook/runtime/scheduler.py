@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .. import jsonio
 from ..datastore import Datastore
 from ..decorators import step_settings
 from ..exceptions import CorruptRecordError
@@ -26,9 +25,14 @@ from ..plain import Plain
 from . import signals
 from .console import Console, LogTail
 from .executor import ExecutorLost, TaskExecutor, TaskExited, TaskStarted
+from .frames import foreach_frame, join_key, join_order, join_slot, parent_info, split_frame
 from .resume import ResumePlan
 from .spec import TaskSpec
 from .task import EXIT_CANNOT_RECORD
+
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    from ..graph import StepNode
 
 #: How often (seconds) the scheduler tells its listeners that time has passed.
 TICK_INTERVAL = 0.5
@@ -64,28 +68,25 @@ class PendingSplits(Plain):
     splits of one foreach still have consecutive ids in index order.
     """
 
-    def __init__(
-        self, step: str, parent: dict, stack: list[dict], frame: dict, first_task_id: int
-    ) -> None:
-        self.step = step
+    def __init__(self, node: StepNode, record: dict, parent: dict, first_task_id: int) -> None:
+        self.node = node  # the foreach step
+        self.record = record  # its finished task
         self.parent = parent
-        self.stack = stack
-        self.frame = frame  # the foreach frame, without its index
         self.first_task_id = first_task_id
+        self.count = record["next"]["num_splits"]
         self.next_index = 0
 
     @property
     def remaining(self) -> int:
-        return self.frame["num_splits"] - self.next_index
+        return self.count - self.next_index
 
     def take(self) -> PendingTask:
         index = self.next_index
         self.next_index += 1
-        f = self.frame
-        frame = {"kind": "foreach", "step": f["step"], "task": f["task"], "index": index}
-        frame.update(num_splits=f["num_splits"], var=f["var"], sha=f["sha"])
+        stack = list(self.record.get("split_stack", []))
+        stack.append(foreach_frame(self.node, self.record, index))
         return PendingTask(
-            self.step, str(self.first_task_id + index), [self.parent], self.stack + [frame]
+            self.node.out_funcs[0], str(self.first_task_id + index), [self.parent], stack
         )
 
 
@@ -111,19 +112,6 @@ class RunningTask(Plain):
     def prefix(self) -> str:
         pid = f" (pid {self.pid})" if self.pid else ""
         return f"{self.spec.short_pathspec}{pid}"
-
-
-def parent_info(flow: str, record: dict) -> dict:
-    """What a child task needs to know about a finished parent task."""
-    return {
-        "pathspec": f"{flow}/{record['run_id']}/{record['step']}/{record['task_id']}",
-        "step": record["step"],
-        "task_id": record["task_id"],
-        "artifacts": record["artifacts"],
-        "dropped": record.get("dropped", {}),
-        "foreach_stack": record.get("foreach_stack", []),
-        "cloned": bool(record.get("origin_pathspec")),
-    }
 
 
 class Scheduler:
@@ -465,33 +453,18 @@ class Scheduler:
                 )
                 self.console.error(f"Flow {self.flow}: {self.failures[-1]}.")
                 return
-            frame = {
-                "kind": "foreach",
-                "step": node.name,
-                "task": record["task_id"],
-                "num_splits": count,
-                "var": transition["foreach"],
-                "sha": transition["sha"],
-            }
             body = node.out_funcs[0]
             if self.only_steps is not None and body not in self.only_steps:
                 return  # a notebook running one step cell
             if self.graph[body].is_join:  # an empty body: the join takes the splits at once
                 for index in range(count):
-                    self._to_child(body, parent, stack + [dict(frame, index=index)])
+                    self._to_child(body, parent, stack + [foreach_frame(node, record, index)])
             else:
-                self.queue.append(PendingSplits(body, parent, stack, frame, self._last_task_id + 1))
+                self.queue.append(PendingSplits(node, record, parent, self._last_task_id + 1))
                 self._last_task_id += count
         elif len(node.out_funcs) > 1:
             for branch in node.out_funcs:
-                frame = {
-                    "kind": "split",
-                    "step": node.name,
-                    "task": record["task_id"],
-                    "branch": branch,
-                    "num_splits": len(node.out_funcs),
-                }
-                self._to_child(branch, parent, stack + [frame])
+                self._to_child(branch, parent, stack + [split_frame(node, record, branch)])
         else:
             self._to_child(node.out_funcs[0], parent, stack)
 
@@ -503,18 +476,13 @@ class Scheduler:
             self.queue.append(PendingTask(step, self._new_task_id(), parents, stack))
             return
         top = stack[-1]
-        key = (step, top["step"], top["task"], jsonio.dumps(stack[:-1], sort_keys=True))
-        slot = top["index"] if top["kind"] == "foreach" else top["branch"]
+        key = join_key(step, stack)
         arrivals = self.joins.setdefault(key, {})
-        arrivals[slot] = parent
+        arrivals[join_slot(stack)] = parent
         if len(arrivals) < top["num_splits"]:
             return
         del self.joins[key]
-        if top["kind"] == "foreach":
-            parents = [arrivals[i] for i in sorted(arrivals)]
-        else:
-            order = self.graph[top["step"]].out_funcs
-            parents = [arrivals[b] for b in order]
+        parents = [arrivals[slot] for slot in join_order(self.graph, top, list(arrivals))]
         self.queue.append(PendingTask(step, self._new_task_id(), parents, stack[:-1]))
 
     # ------------------------------------------------------------ stopping
