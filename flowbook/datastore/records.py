@@ -37,6 +37,8 @@ TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from typing import Any
 
+    from .schema import RunRecord, RunStatus, TaskRecord
+
 
 def _from_base64(text: str) -> bytes:
     """Strict base64 decoding (``base64`` itself imports ``re``)."""
@@ -254,14 +256,14 @@ class Datastore:
     def write_run(self, flow: str, run_id: str, record: dict) -> None:
         self.storage.write_bytes(f"{self.run_path(flow, run_id)}/run.json", _dumps(record))
 
-    def read_run(self, flow: str, run_id: str) -> dict | None:
+    def read_run(self, flow: str, run_id: str) -> RunRecord | None:
         """The run's record, None when it has none; CorruptRecordError when unreadable."""
         return self._read_json(f"{self.run_path(flow, run_id)}/run.json", _run_shape_error)
 
     def write_run_status(self, flow: str, run_id: str, record: dict) -> None:
         self.storage.write_bytes(f"{self.run_path(flow, run_id)}/status.json", _dumps(record))
 
-    def read_run_status(self, flow: str, run_id: str) -> dict | None:
+    def read_run_status(self, flow: str, run_id: str) -> RunStatus | None:
         """The run's outcome once it ended, else None; CorruptRecordError when unreadable."""
         return self._read_json(f"{self.run_path(flow, run_id)}/status.json", _status_shape_error)
 
@@ -307,7 +309,7 @@ class Datastore:
         return sorted(tasks, key=lambda t: (len(t), t))
 
     # ---------------------------------------------------------------- step indexes
-    def write_step_indexes(self, flow: str, run_id: str, records: list[dict]) -> None:
+    def write_step_indexes(self, flow: str, run_id: str, records: list[TaskRecord]) -> None:
         """Gather the final records of a finished run's tasks, one object per step."""
         by_step: dict[str, dict[str, dict]] = {}
         for record in records:
@@ -316,7 +318,7 @@ class Datastore:
             path = f"{self.step_path(flow, run_id, step)}.tasks.json"
             self.storage.write_bytes(path, _dumps({"v": 1, "tasks": tasks}))
 
-    def read_step_index(self, flow: str, run_id: str, step: str) -> dict[str, dict] | None:
+    def read_step_index(self, flow: str, run_id: str, step: str) -> dict[str, TaskRecord] | None:
         """{task_id: final record} for a step of a finished run, or None.
 
         The index is a copy of the task records: when it is corrupt, a
@@ -344,7 +346,7 @@ class Datastore:
 
     def read_attempt_done(
         self, flow: str, run_id: str, step: str, task_id: str, attempt: int
-    ) -> dict | None:
+    ) -> TaskRecord | None:
         """The attempt's final record, None while it has none; CorruptRecordError
         (naming the file) when it cannot be read."""
         path = self.attempt_file(flow, run_id, step, task_id, attempt, "done.json")
@@ -359,7 +361,9 @@ class Datastore:
                 attempts.setdefault(int(number), set()).add(kind)
         return attempts
 
-    def latest_attempt(self, flow: str, run_id: str, step: str, task_id: str) -> tuple[int, dict]:
+    def latest_attempt(
+        self, flow: str, run_id: str, step: str, task_id: str
+    ) -> tuple[int, TaskRecord]:
         """The latest attempt number and its record (done, else start, else {}).
 
         CorruptRecordError when the record that exists cannot be read: a corrupt

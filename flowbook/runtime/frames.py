@@ -25,6 +25,7 @@ from ..exceptions import FlowbookError
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from ..datastore.schema import ForeachFrame, Frame, ParentInfo, SplitFrame, TaskRecord
     from ..graph import FlowGraph, StepNode
 
 
@@ -32,7 +33,7 @@ class FramesError(FlowbookError):
     """The given parents of a task do not fit the flow's graph (one line, naming them)."""
 
 
-def parent_info(flow: str, record: dict) -> dict:
+def parent_info(flow: str, record: TaskRecord) -> ParentInfo:
     """What a child task needs to know about a finished parent task (its ``TaskSpec``)."""
     return {
         "pathspec": f"{flow}/{record['run_id']}/{record['step']}/{record['task_id']}",
@@ -45,7 +46,7 @@ def parent_info(flow: str, record: dict) -> dict:
     }
 
 
-def foreach_frame(node: StepNode, record: dict, index: int) -> dict:
+def foreach_frame(node: StepNode, record: TaskRecord, index: int) -> ForeachFrame:
     """The frame a foreach step's finished task ``record`` pushes for split ``index``."""
     transition = record.get("next") or {}
     return {
@@ -59,7 +60,7 @@ def foreach_frame(node: StepNode, record: dict, index: int) -> dict:
     }
 
 
-def split_frame(node: StepNode, record: dict, branch: str) -> dict:
+def split_frame(node: StepNode, record: TaskRecord, branch: str) -> SplitFrame:
     """The frame a static split's finished task ``record`` pushes for ``branch``."""
     return {
         "kind": "split",
@@ -70,7 +71,7 @@ def split_frame(node: StepNode, record: dict, branch: str) -> dict:
     }
 
 
-def successors(node: StepNode, record: dict) -> list[tuple[str, list[dict]]]:
+def successors(node: StepNode, record: TaskRecord) -> list[tuple[str, list[Frame]]]:
     """``(child step, stack handed to it)`` for every arrival the scheduler makes after
     the finished task ``record`` of ``node``: one per split of a foreach, one per
     branch of a split, else one. A join pops the top frame of what it is handed
@@ -87,20 +88,20 @@ def successors(node: StepNode, record: dict) -> list[tuple[str, list[dict]]]:
     return [(node.out_funcs[0], stack)]
 
 
-def join_key(step: str, stack: list[dict]) -> tuple:
+def join_key(step: str, stack: list[Frame]) -> tuple:
     """Which join task an arrival with ``stack`` at join ``step`` belongs to: arrivals
     with equal keys are the inputs of one task."""
     top = stack[-1]
     return (step, top["step"], top["task"], jsonio.dumps(stack[:-1], sort_keys=True))
 
 
-def join_slot(stack: list[dict]) -> int | str:
+def join_slot(stack: list[Frame]) -> int | str:
     """The place of an arrival among its join's inputs: its foreach index or branch."""
     top = stack[-1]
     return top["index"] if top["kind"] == "foreach" else top["branch"]
 
 
-def join_order(graph: FlowGraph, top: dict, slots: list) -> list:
+def join_order(graph: FlowGraph, top: Frame, slots: list) -> list:
     """``slots`` (of one join's arrivals, whose top frame is ``top``) in the order of
     the join's inputs: foreach order, or the order of the split's ``self.next(...)``."""
     if top["kind"] == "foreach":
@@ -111,8 +112,8 @@ def join_order(graph: FlowGraph, top: dict, slots: list) -> list:
 
 # ---------------------------------------------------------------------- one task
 def task_frames(
-    graph: FlowGraph, step: str, records: list[dict], split_index: int | None = None
-) -> tuple[list[dict], list[dict]]:
+    graph: FlowGraph, step: str, records: list[TaskRecord], split_index: int | None = None
+) -> tuple[list[TaskRecord], list[Frame]]:
     """The parents (in input order) and split stack of one task of ``step`` whose
     parent tasks finished with ``records``, as the scheduler would make them.
 
@@ -126,7 +127,7 @@ def task_frames(
     where = f"Flow {flow}, step '{step}'"
     if step == "start" or not records:
         raise FramesError(f"{where}: a task of this step needs the tasks before it as inputs.")
-    handed: list[tuple[dict, list[dict]]] = []
+    handed: list[tuple[TaskRecord, list[Frame]]] = []
     used_index = False
     for record in records:
         parent = graph.nodes.get(record["step"])
@@ -179,8 +180,8 @@ def task_frames(
 
 
 def _join(
-    graph: FlowGraph, step: str, where: str, handed: list[tuple[dict, list[dict]]]
-) -> tuple[list[dict], list[dict]]:
+    graph: FlowGraph, step: str, where: str, handed: list[tuple[TaskRecord, list[Frame]]]
+) -> tuple[list[TaskRecord], list[Frame]]:
     if any(not stack for _, stack in handed):
         bad = next(_shown(r) for r, stack in handed if not stack)
         raise FramesError(f"{where}: input {bad} is not inside a split or foreach to join.")
@@ -192,7 +193,7 @@ def _join(
             "a join's inputs are the branches of one split."
         )
     top = handed[0][1][-1]
-    arrivals: dict = {}
+    arrivals: dict[int | str, TaskRecord] = {}
     for record, stack in handed:
         slot = join_slot(stack)
         if slot in arrivals:
@@ -218,11 +219,11 @@ def _join(
     return ordered, list(handed[0][1][:-1])
 
 
-def _push(record: dict, frame: dict) -> list[dict]:
+def _push(record: TaskRecord, frame: Frame) -> list[Frame]:
     return list(record.get("split_stack", [])) + [frame]
 
 
-def _shown(record: dict) -> str:
+def _shown(record: TaskRecord) -> str:
     return f"{record['run_id']}/{record['step']}/{record['task_id']}"
 
 
@@ -230,10 +231,10 @@ def _either(steps: list[str]) -> str:
     return " or ".join(f"'{s}'" for s in steps) or "no step"
 
 
-def _split_name(stack: list[dict]) -> str:
+def _split_name(stack: list[Frame]) -> str:
     top = stack[-1]
     return f"{top['kind']} step '{top['step']}' (task {top['task']})"
 
 
-def _slot_name(top: dict, slot: int | str) -> str:
+def _slot_name(top: Frame, slot: int | str) -> str:
     return f"split {slot}" if top["kind"] == "foreach" else f"branch '{slot}'"

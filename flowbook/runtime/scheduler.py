@@ -32,6 +32,7 @@ from .task import EXIT_CANNOT_RECORD
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from ..datastore.schema import ArtifactEntry, ExceptionInfo, Frame, ParentInfo, TaskRecord
     from ..graph import StepNode
 
 #: How often (seconds) the scheduler tells its listeners that time has passed.
@@ -45,10 +46,10 @@ class PendingTask(Plain):
         self,
         step: str,
         task_id: str,
-        parents: list[dict],
-        split_stack: list[dict],
+        parents: list[ParentInfo],
+        split_stack: list[Frame],
         attempt: int = 0,
-        caught: dict | None = None,
+        caught: ExceptionInfo | None = None,
     ) -> None:
         self.step = step
         self.task_id = task_id
@@ -68,7 +69,9 @@ class PendingSplits(Plain):
     splits of one foreach still have consecutive ids in index order.
     """
 
-    def __init__(self, node: StepNode, record: dict, parent: dict, first_task_id: int) -> None:
+    def __init__(
+        self, node: StepNode, record: TaskRecord, parent: ParentInfo, first_task_id: int
+    ) -> None:
         self.node = node  # the foreach step
         self.record = record  # its finished task
         self.parent = parent
@@ -122,7 +125,7 @@ class Scheduler:
         run_id: str,
         executor: TaskExecutor,
         console: Console,
-        parameters: dict[str, dict],
+        parameters: dict[str, ArtifactEntry],
         max_workers: int = DEFAULT_MAX_WORKERS,
         max_num_splits: int = DEFAULT_MAX_NUM_SPLITS,
         tags: list[str] | None = None,
@@ -149,9 +152,9 @@ class Scheduler:
         self.queue: deque[PendingTask | PendingSplits] = deque()
         self.delayed: list[tuple[float, PendingTask]] = []
         self.running: dict[str, RunningTask] = {}
-        self.joins: dict[tuple, dict] = {}
+        self.joins: dict[tuple, dict[int | str, ParentInfo | None]] = {}
         self.only_steps = only_steps
-        self.finished_records: list[dict] = []
+        self.finished_records: list[TaskRecord] = []
         self.failures: list[str] = []
         self.end_succeeded = False
         self._last_task_id = 0
@@ -159,7 +162,7 @@ class Scheduler:
         self._last_tick = time.monotonic()
 
     # ------------------------------------------------------------ public
-    def run(self, parent_records: list[dict] | None = None) -> bool:
+    def run(self, parent_records: list[TaskRecord] | None = None) -> bool:
         """Run the flow from ``start``; True when the end step succeeded.
 
         With ``parent_records`` (finished tasks of this run) and ``only_steps``, run
@@ -212,11 +215,12 @@ class Scheduler:
 
     def _next_pending(self) -> PendingTask:
         head = self.queue[0]
-        if not isinstance(head, PendingSplits):
-            return self.queue.popleft()
-        if head.remaining == 1:
-            self.queue.popleft()
-        return head.take()
+        if isinstance(head, PendingSplits):
+            if head.remaining == 1:
+                self.queue.popleft()
+            return head.take()
+        self.queue.popleft()
+        return head
 
     def _wait_time(self) -> float:
         wait = 0.05
@@ -364,7 +368,7 @@ class Scheduler:
             return
         self._fail(task, code, record)
 
-    def _fail(self, task: RunningTask, code: int, record: dict | None) -> None:
+    def _fail(self, task: RunningTask, code: int, record: TaskRecord | None) -> None:
         spec = task.spec
         pending = task.pending
         settings = self.settings[spec.step]
@@ -428,7 +432,7 @@ class Scheduler:
             return
         self.failures.append(f"step '{spec.step}' (task {spec.short_pathspec}): {reason}")
 
-    def _schedule_successors(self, record: dict) -> None:
+    def _schedule_successors(self, record: TaskRecord) -> None:
         node = self.graph[record["step"]]
         if node.type == "end":
             self.end_succeeded = True
@@ -468,7 +472,7 @@ class Scheduler:
         else:
             self._to_child(node.out_funcs[0], parent, stack)
 
-    def _to_child(self, step: str, parent: dict | None, stack: list[dict]) -> None:
+    def _to_child(self, step: str, parent: ParentInfo | None, stack: list[Frame]) -> None:
         if self.only_steps is not None and step not in self.only_steps:
             return
         if not self.graph[step].is_join:

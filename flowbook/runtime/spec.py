@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from ..plain import Plain
 
+TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
+if TYPE_CHECKING:
+    from ..datastore.schema import ArtifactEntry, ExceptionInfo, Frame, ParentInfo
+
 
 class TaskSpec(Plain):
     """Everything a task process needs to run one attempt of one step.
@@ -23,16 +27,16 @@ class TaskSpec(Plain):
         task_id: str,
         attempt: int,
         datastore_url: str,
-        parents: list[dict] | None = None,
-        split_stack: list[dict] | None = None,
-        parameters: dict[str, dict] | None = None,
+        parents: list[ParentInfo] | None = None,
+        split_stack: list[Frame] | None = None,
+        parameters: dict[str, ArtifactEntry] | None = None,
         stdout_path: str = "",
         stderr_path: str = "",
         tags: list[str] | None = None,
         user: str = "",
         origin_run_id: str | None = None,
         max_attempts: int = 1,
-        caught: dict | None = None,
+        caught: ExceptionInfo | None = None,
     ) -> None:
         self.flow_name = flow_name
         self.run_id = run_id
@@ -40,9 +44,9 @@ class TaskSpec(Plain):
         self.task_id = task_id
         self.attempt = attempt
         self.datastore_url = datastore_url
-        self.parents: list[dict] = parents if parents is not None else []
-        self.split_stack: list[dict] = split_stack if split_stack is not None else []
-        self.parameters: dict[str, dict] = parameters if parameters is not None else {}
+        self.parents: list[ParentInfo] = parents if parents is not None else []
+        self.split_stack: list[Frame] = split_stack if split_stack is not None else []
+        self.parameters: dict[str, ArtifactEntry] = parameters if parameters is not None else {}
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self.tags: list[str] = tags if tags is not None else []
