@@ -239,6 +239,41 @@ OPTIONS: tuple[Option, ...] = (
         help="Why the run failed, as the run's status will say.",
     ),
     Option(
+        "--executor",
+        "executor",
+        default="local",
+        env=("FLOWBOOK_EXECUTOR",),
+        notebook=True,
+        metavar="local|dask",
+        help="Where tasks run: local (processes of this machine) or dask (a Dask "
+        "cluster: --dask-scheduler, else a local one started for the run)",
+    ),
+    Option(
+        "--dask-scheduler",
+        "dask_scheduler",
+        env=("FLOWBOOK_DASK_SCHEDULER",),
+        notebook=True,
+        metavar="ADDRESS",
+        help="The Dask scheduler for --executor dask (tcp://host:8786, or a scheduler file)",
+    ),
+    Option(
+        "--dask-scheduler-file",
+        "dask_scheduler_file",
+        notebook=True,
+        metavar="FILE",
+        help="The Dask scheduler's scheduler file, for --executor dask.",
+    ),
+    Option(
+        "--allow-local-datastore",
+        "allow_local_datastore",
+        bool,
+        False,
+        negative="--no-allow-local-datastore",
+        notebook=True,
+        help="With --executor dask, use a local datastore directory even when workers "
+        "run on other hosts (the directory is shared with them).",
+    ),
+    Option(
         "--run-id-file",
         "run_id_file",
         hidden=True,

@@ -178,6 +178,7 @@ def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> boo
         origin_run_id=settings.get("origin_run_id"),
         resume_step=settings.get(RESUME_STEP),
         run_id_file=settings["run_id_file"],
+        executor_settings=settings,  # --executor and its options (runtime/launch.py)
     )
     return outcome.successful
 
@@ -242,8 +243,8 @@ def main(flow_cls: type, args: list[str] | None = None, graph: FlowGraph | None 
             exit_process(0 if start_run(flow_cls, graph, settings) else 1)
     except FlowbookError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail("Interrupted.")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (runtime/launch.py)
+        fail(f"Stopped: {exc}." if str(exc) else "Interrupted.")
     from .flow_cli import run_click_cli
 
     run_click_cli(flow_cls, graph, argv)

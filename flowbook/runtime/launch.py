@@ -79,6 +79,52 @@ def resume_parameters(
     return index
 
 
+#: The values of ``--executor``.
+EXECUTORS = ("local", "dask")
+
+
+def start_cluster_executor(
+    flow_cls: type,
+    graph: FlowGraph,
+    datastore: Datastore,
+    settings: dict[str, Any] | None,
+    console: Console,
+) -> Any:
+    """The executor ``settings`` ask for when it is not the local task server (None
+    for ``local``): a Dask cluster's, connected and checked. FlowbookError (one line)
+    for an unknown executor or a cluster that cannot run this flow."""
+    settings = settings or {}
+    kind = settings.get("executor") or os.environ.get("FLOWBOOK_EXECUTOR") or "local"
+    if kind not in EXECUTORS:
+        from ..exceptions import FlowbookError
+
+        raise FlowbookError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}.")
+    if kind == "local":
+        return None
+    from .dask_executor import DaskExecutor, scheduler_from_env
+
+    address = settings.get("dask_scheduler")
+    if address is None and "dask_scheduler" not in settings:
+        address = os.environ.get("FLOWBOOK_DASK_SCHEDULER")
+    address, scheduler_file = scheduler_from_env(address)
+    scheduler_file = settings.get("dask_scheduler_file") or scheduler_file
+    if scheduler_file:
+        address = None
+        if not os.path.isfile(scheduler_file):
+            from ..exceptions import FlowbookError
+
+            raise FlowbookError(f"Dask scheduler file {scheduler_file} does not exist.")
+    return DaskExecutor(
+        flow_cls,
+        graph,
+        datastore,
+        address=address,
+        scheduler_file=scheduler_file,
+        allow_local_datastore=bool(settings.get("allow_local_datastore")),
+        say=console.message,
+    )
+
+
 class RunTerminated(KeyboardInterrupt):
     """SIGTERM reached the process running the scheduler: stop as on Ctrl-C."""
 
@@ -148,6 +194,7 @@ def run_flow(
     run_id_file: str | None = None,
     executor: Any = None,
     on_event: Any = None,
+    executor_settings: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Run ``flow_cls`` to the end (or the first failure) as a new run.
 
@@ -155,11 +202,57 @@ def run_flow(
     ``origin_run_id`` (default: the latest run) up to ``resume_step`` or the first
     failure; ``parameter_values`` then holds only the values given explicitly,
     which must equal the origin's. ``executor`` is a task server that stays open
-    after the run (a notebook's); by default one is started for this run.
+    after the run (a notebook's); by default one is started for this run: the local
+    task server, or with ``executor_settings["executor"] == "dask"`` (the settings of
+    the command line: ``executor``, ``dask_scheduler``, ``dask_scheduler_file``,
+    ``allow_local_datastore``) a :class:`~flowbook.runtime.dask_executor.DaskExecutor`.
     """
     console = console or Console()
     datastore = Datastore(datastore_url)
     datastore.storage.check_usable_by_tasks()
+    cluster = None
+    if executor is None:
+        cluster = start_cluster_executor(flow_cls, graph, datastore, executor_settings, console)
+    try:
+        return _run(
+            flow_cls,
+            graph,
+            parameter_values,
+            datastore,
+            max_workers,
+            max_num_splits,
+            tags,
+            console,
+            origin_run_id,
+            resume,
+            resume_step,
+            run_id_file,
+            executor,
+            on_event,
+            cluster,
+        )
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _run(
+    flow_cls: type,
+    graph: FlowGraph,
+    parameter_values: dict[str, Any],
+    datastore: Datastore,
+    max_workers: int,
+    max_num_splits: int,
+    tags: list[str] | None,
+    console: Console,
+    origin_run_id: str | None,
+    resume: bool,
+    resume_step: str | None,
+    run_id_file: str | None,
+    executor: Any,
+    on_event: Any,
+    cluster: Any,
+) -> RunOutcome:
     user = current_user()
     tags = list(dict.fromkeys(tags or []))
     plan = None
@@ -193,7 +286,7 @@ def run_flow(
         console.message(f"Resuming run {origin_run_id} as run {run_id}:")
     else:
         console.message(f"Workflow starting (run-id {run_id}):")
-    server = executor or start_task_server(flow_cls, graph)
+    server = executor or cluster or start_task_server(flow_cls, graph)
     scheduler = Scheduler(
         graph,
         datastore,
@@ -217,7 +310,7 @@ def run_flow(
     finally:
         if restore is not None:
             restore()
-        if executor is None:
+        if executor is None and cluster is None:
             server.close()
         if not _write_status(datastore, graph.name, run_id, successful, scheduler, console):
             successful = False
