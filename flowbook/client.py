@@ -268,9 +268,12 @@ class Run(_ClientObject):
         return self._ds.read_run_status(self.flow_name, self.id)
 
     def steps(self) -> Iterator[Step]:
-        """Steps that ran, from the last to the first (as Metaflow lists them)."""
+        """Steps that ran, from the last to the first (as Metaflow lists them).
+
+        flowbook's own steps (``_parameters``, the parameters task of a run made by an
+        orchestrator) are not listed, as in Metaflow; ``run["_parameters"]`` reads it."""
         order = [s["name"] for s in self._record.get("graph", {}).get("steps", [])]
-        present = set(self._ds.list_steps(self.flow_name, self.id))
+        present = {n for n in self._ds.list_steps(self.flow_name, self.id) if n[0] != "_"}
         names = [n for n in order if n in present] + sorted(present - set(order))
         for name in reversed(names):
             yield Step(f"{self.pathspec}/{name}", _run=self)

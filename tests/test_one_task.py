@@ -258,6 +258,14 @@ def compare_with_local_run(
         for step in orchestrator.graph.nodes:  # the step indexes of a finished run
             index = datastore.read_step_index(flow, run_id, step)
             assert index is not None and len(index) == len(datastore.list_tasks(flow, run_id, step))
+    # the Client lists the same steps for both (not flowbook's own _parameters)
+    from flowbook.client import Run
+
+    steps = [
+        [s.id for s in Run(f"{flow}/{r}", datastore=datastore_url, namespace=None)]
+        for r in (local, orchestrator.run_id)
+    ]
+    assert steps[0] == steps[1] and "_parameters" not in steps[1], steps
 
 
 def assert_task_output_reached_stdout(orchestrator: Orchestrator, text: str) -> None:
