@@ -525,13 +525,31 @@ class LocalStorage(Storage):
             pass
 
 
+#: fsspec protocols whose file systems cache directory listings unless told not to.
+LISTING_CACHE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "abfs", "az", "adl")
+#: Large objects are read in ranges of this size, this many at once.
+PARALLEL_PART_SIZE = 16 * 2**20
+PARALLEL_PARTS = 8
+
+
 class FsspecStorage(Storage):
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         import fsspec  # imported only for remote datastores: it is slow to import
 
         self.url = url.rstrip("/")
+        options = dict(storage_options or {})
+        protocol = self.url.split("://", 1)[0]
+        if protocol in LISTING_CACHE_PROTOCOLS:
+            # s3fs (and gcsfs, adlfs) cache directory listings per process: another
+            # process's writes (a task on a Dask worker) would stay invisible here
+            options.setdefault("use_listings_cache", False)
+        endpoint = os.environ.get("FLOWBOOK_S3_ENDPOINT_URL")
+        if endpoint and protocol in ("s3", "s3a"):
+            client_kwargs = dict(options.get("client_kwargs") or {})
+            client_kwargs.setdefault("endpoint_url", endpoint)
+            options["client_kwargs"] = client_kwargs
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError) as exc:
             raise DatastoreError(f"Cannot open datastore {url}: {exc}") from None
         self.root = self.root.rstrip("/")
@@ -549,10 +567,39 @@ class FsspecStorage(Storage):
         return self.fs.open(self._full(path), "rb")
 
     def read_buffer(self, path: str) -> bytearray | memoryview:
-        with self.fs.open(self._full(path), "rb") as handle:
+        full = self._full(path)
+        if getattr(self.fs, "async_impl", False):
+            size = self.fs.size(full)
+            if size is not None and size >= PARALLEL_PART_SIZE * 2:
+                return self._read_parts(full, size)
+        with self.fs.open(full, "rb") as handle:
             buffer = bytearray(handle.size)
             got = handle.readinto(buffer)
         return buffer if got == len(buffer) else memoryview(buffer)[:got]
+
+    def _read_parts(self, full: str, size: int) -> bytearray:
+        """A large object read in ranges at once (as it was written: in parts)."""
+        import asyncio
+
+        from fsspec.asyn import sync
+
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        limit = asyncio.Semaphore(PARALLEL_PARTS)
+
+        async def fetch(start: int) -> None:
+            end = min(start + PARALLEL_PART_SIZE, size)
+            async with limit:
+                data = await self.fs._cat_file(full, start=start, end=end)
+            if len(data) != end - start:
+                raise OSError(f"{full}: short read at {start} ({len(data)} of {end - start})")
+            view[start:end] = data
+
+        async def fetch_all() -> None:
+            await asyncio.gather(*(fetch(s) for s in range(0, size, PARALLEL_PART_SIZE)))
+
+        sync(self.fs.loop, fetch_all)
+        return buffer
 
     def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
         data = b"".join(bytes(c) if isinstance(c, memoryview) else c for c in chunks)
