@@ -243,7 +243,6 @@ OPTIONS: tuple[Option, ...] = (
         "executor",
         default="local",
         env=("FLOWBOOK_EXECUTOR",),
-        notebook=True,
         metavar="local|dask",
         help="Where tasks run: local (processes of this machine) or dask (a Dask "
         "cluster: --dask-scheduler, else a local one started for the run)",
@@ -252,14 +251,12 @@ OPTIONS: tuple[Option, ...] = (
         "--dask-scheduler",
         "dask_scheduler",
         env=("FLOWBOOK_DASK_SCHEDULER",),
-        notebook=True,
         metavar="ADDRESS",
         help="The Dask scheduler for --executor dask (tcp://host:8786, or a scheduler file)",
     ),
     Option(
         "--dask-scheduler-file",
         "dask_scheduler_file",
-        notebook=True,
         metavar="FILE",
         help="The Dask scheduler's scheduler file, for --executor dask.",
     ),
@@ -269,7 +266,6 @@ OPTIONS: tuple[Option, ...] = (
         bool,
         False,
         negative="--no-allow-local-datastore",
-        notebook=True,
         help="With --executor dask, use a local datastore directory even when workers "
         "run on other hosts (the directory is shared with them).",
     ),

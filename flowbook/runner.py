@@ -236,6 +236,10 @@ class ExecutingRun:
         return f"<ExecutingRun {self.run.pathspec if self.run else '(starting)'} {self.status}>"
 
 
+#: Run options a Runner also takes once, as keywords of its constructor.
+EXECUTOR_KEYS = ("executor", "dask_scheduler", "dask_scheduler_file", "allow_local_datastore")
+
+
 class Runner:
     """Run a flow file programmatically, as ``python FLOW_FILE ... run`` would.
 
@@ -271,6 +275,11 @@ class Runner:
         self.cwd = os.fspath(cwd or os.getcwd())
         if "\0" in self.cwd:
             raise FlowbookError(f"Runner: cwd {self.cwd!r} contains a NUL.")
+        #: Where tasks run (``executor="dask"``, ``dask_scheduler=...``): options of
+        #: run and resume, given once here for every run of this Runner.
+        self.executor_options = {
+            key: top_level_options.pop(key) for key in EXECUTOR_KEYS if key in top_level_options
+        }
         top = {"quiet": quiet, "pylint": pylint, "decospecs": decospecs, **top_level_options}
         self.top_level = _words(TOP, top)
         self.datastore_url = _datastore_url(top_level_options, self.env, self.cwd)
@@ -321,7 +330,7 @@ class Runner:
 
     def _command(self, command: str, kwargs: dict[str, Any], workdir: str) -> list[str]:
         """The argv of a run: ``python FLOW_FILE [top-level] COMMAND [STEP] [options]``."""
-        kwargs = dict(kwargs)
+        kwargs = {**self.executor_options, **kwargs}
         words = [command]
         step = kwargs.pop(RESUME_STEP, None) if command == RESUME else None
         if step:
