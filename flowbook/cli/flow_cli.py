@@ -165,6 +165,9 @@ def build_cli(
             )
         )
     inspect_cmds.add_inspection_commands(cli, flow_name)
+    from .deploy_cmds import add_deploy_commands  # argo-workflows create|trigger
+
+    add_deploy_commands(cli, flow_cls, graph)
     return cli
 
 

@@ -15,6 +15,8 @@ from ..loader import load_flow_class  # also imported from here by runtime/serve
 from ..options import TOP, by_name, options_for
 
 NOTEBOOK_COMMANDS = ("export", "tag")
+#: Command groups whose subcommand comes before FILE: ``flowbook argo-workflows create NB``.
+DEPLOY_COMMANDS = {"argo-workflows": ("create", "trigger")}
 
 
 def usage() -> str:
@@ -43,6 +45,7 @@ FILE is a FlowSpec file (the same as `python FILE COMMAND`) or a notebook (.ipyn
   resume   run again from the failed steps (or from STEP), reusing the rest
   logs     print a task's stored output: logs FILE RUN_ID/STEP[/TASK_ID]
   dump     print a task's artifacts:     dump FILE RUN_ID/STEP[/TASK_ID]
+  argo-workflows create|trigger FILE    deploy to / run on Argo Workflows (docs/argo.md)
 
 For notebooks:
   export   write the notebook's flow as a file: export NB --to flow|metaflow -o flow.py
@@ -86,6 +89,8 @@ def split_args(argv: list[str]) -> tuple[list[str], str, str, list[str]]:
     if len(args) < 2:
         raise UsageError("give a COMMAND and a FILE")
     command, path, rest = args[0], args[1], args[2:]
+    if command in DEPLOY_COMMANDS and path in DEPLOY_COMMANDS[command] and rest:
+        path, rest = rest[0], [path, *rest[1:]]  # argo-workflows create FILE ...
     if command in NOTEBOOK_COMMANDS:
         return top, command, path, rest
     kept: list[str] = []

@@ -30,6 +30,7 @@ FLOW_HELP = """\
 %flow ui [RUN | last]               a live panel of this notebook's cells, or of a run
 %flow logs PATHSPEC [--stderr]
 %flow export --to flow|metaflow PATH
+%flow deploy argo-workflows [--only-json] [--force] [--datastore URL] (docs/argo.md)
 """
 
 
@@ -306,6 +307,11 @@ class FlowbookMagics(Magics):
             parts = [self.session.flow_name, *parts]
         task = Task("/".join(parts), datastore=self.session.datastore, namespace=None)
         print(task.stderr if args.stderr else task.stdout, end="")
+
+    def _flow_deploy(self, rest: list[str]) -> None:
+        from ..cli.deploy_cmds import deploy_from_session
+
+        deploy_from_session(self.session, rest)
 
     def _flow_export(self, rest: list[str]) -> None:
         from ..export.flowfile import export_flow_file
