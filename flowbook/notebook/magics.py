@@ -17,7 +17,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from ..exceptions import FlowbookError
 from ..names import check_name, check_run_id
 from ..options import RESUME, RESUME_STEP, RUN, TOP, by_name, defaults
-from .cells import _ArgumentParser, parse_step_line
+from .cellmeta import REFUSAL
+from .cells import StepCell, _ArgumentParser, _tag_values, parse_step_line, step_from_tags
 from .console import NotebookConsole
 from .results import FlowResults
 from .session import NotebookSession
@@ -39,13 +40,17 @@ class FlowbookMagics(Magics):
     def __init__(self, shell: Any, session: NotebookSession) -> None:
         super().__init__(shell)
         self.session = session
+        #: True while the body of a %%setup/%%parameters cell is transformed.
+        self.in_body = False
 
     # ------------------------------------------------------------ cell magics
     @cell_magic
     def step(self, line: str, cell: str) -> None:
         """%%step NAME [--next A B] [--foreach X] [--join] [--retry N] [--catch V] [--timeout S]"""
         where = f"In[{self.shell.execution_count}]"
-        step_cell = parse_step_line(line, cell, where=where, first_line=2)
+        self._run_step_cell(parse_step_line(line, cell, where=where, first_line=2))
+
+    def _run_step_cell(self, step_cell: StepCell) -> None:
         for warning in self.session.exploration_warnings(step_cell):
             print(f"flowbook warning: {warning}", file=sys.stderr)
         console = NotebookConsole(plain=True, label=step_cell.name)
@@ -65,6 +70,21 @@ class FlowbookMagics(Magics):
         if stale:
             print(f"  stale now: {', '.join(stale)} (run their cells again to refresh)")
 
+    def tagged_cell(self, kind: str, tags: list[str], code: str) -> None:
+        """A cell marked with tags, as its magic would run it (see notebook/cellmeta.py)."""
+        where = f"In[{self.shell.execution_count}]"
+        if kind == "refuse":
+            raise FlowbookError(REFUSAL.format(where=where))
+        if kind == "setup":
+            return self.setup("", code)
+        if kind == "parameters":
+            return self.parameters("", code)
+        values = _tag_values(tags)
+        if not values.get("step"):
+            raise FlowbookError(f"{where}: the tag flowbook:step needs =NAME.")
+        step_cell = step_from_tags(values, code, f"{where} (tagged flowbook:step={values['step']})")
+        return self._run_step_cell(step_cell)
+
     @cell_magic
     def setup(self, line: str, cell: str) -> None:
         """%%setup: imports, functions and classes every step can use."""
@@ -78,7 +98,11 @@ class FlowbookMagics(Magics):
         self._execute(cell, "<parameters>")
 
     def _execute(self, cell: str, filename: str) -> None:
-        code = self.shell.transform_cell(cell)
+        self.in_body = True  # the cell's tags must not turn its body into the magic again
+        try:
+            code = self.shell.transform_cell(cell)
+        finally:
+            self.in_body = False
         exec(compile(code, filename, "exec"), self.shell.user_ns)
 
     # ------------------------------------------------------------ %flow
@@ -385,8 +409,13 @@ def _state(session: NotebookSession, step: str) -> str:
 
 
 def load_ipython_extension(shell: Any) -> None:
+    from . import cellmeta
+
     session = NotebookSession(shell)
-    shell.register_magics(FlowbookMagics(shell, session))
+    magics = FlowbookMagics(shell, session)
+    shell.register_magics(magics)
+    shell._flowbook_magics = magics
+    cellmeta.install(magics)
     shell.user_ns["flow"] = FlowResults(session)
     shell._flowbook_session = session
 
@@ -396,6 +425,11 @@ def unload_ipython_extension(shell: Any) -> None:
     if session is not None:
         session.close()
         del shell._flowbook_session
+    from . import cellmeta
+
+    cellmeta.uninstall(shell)
+    if hasattr(shell, "_flowbook_magics"):
+        del shell._flowbook_magics
     for kind, names in (("cell", ("step", "setup", "parameters")), ("line", ("flow",))):
         for name in names:
             shell.magics_manager.magics[kind].pop(name, None)
