@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,9 +33,13 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
-if not os.path.exists(CHROMIUM) or shutil.which("jupyter-lab") is None:
+try:  # JupyterLab runs as `python -m jupyterlab` of this interpreter (a venv need not be on PATH)
+    import jupyterlab  # noqa: F401
+except ImportError:
+    jupyterlab = None
+if not os.path.exists(CHROMIUM) or jupyterlab is None:
     pytest.skip(
-        "needs Debian's chromium and jupyterlab (.ci/run installs both)", allow_module_level=True
+        "needs Debian's chromium and jupyterlab (make test installs both)", allow_module_level=True
     )
 
 CELLS = [
