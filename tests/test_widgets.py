@@ -278,3 +278,133 @@ def test_flow_ui_follows_the_notebooks_step_cells_live(tmp_path, monkeypatch):
     assert printed(3) == "done False"  # a step shows once its cell has run
     assert printed(5) == "done 2 True"
     assert printed(7) == "done stale"
+
+
+# ---------------------------------------------------------------------- panel fixes
+def test_status_is_a_table_with_chips_and_tasks_by_split_index_and_input(failed_run):
+    import re
+
+    from flowbook.widgets import panel_for_run
+
+    panel = panel_for_run(failed_run)
+    html = panel.status.value
+    # one column per header, widths given; the step cell holds only the step's name
+    assert "<colgroup>" in html and "<th" in html and "width:" in html
+    body_row = re.search(r"<tr class='flowbook-row [^']*' data-step='body'>(.*?)</tr>", html).group(
+        1
+    )
+    assert "<ul>" not in body_row and "<details>" not in body_row
+    assert "flowbook-chip-failed" in body_row
+    # the foreach's tasks: a table of their own, ordered by split index, with the input value
+    tasks = re.search(r"<table class='flowbook-task-table'.*?</table>", html).group(0)
+    rows = re.findall(r"<tr class='flowbook-task-row' data-task='(\d+)'>(.*?)</tr>", tasks)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for _, row in rows]
+    assert [(c[0], c[1]) for c in cells] == [
+        ("0", "<code>1</code>"),
+        ("1", "<code>2</code>"),
+        ("2", "<code>3</code>"),
+    ]
+    assert "flowbook-chip-failed" in cells[1][3] and "flowbook-chip-done" in cells[0][3]
+
+
+def test_title_names_the_flow_once_with_the_runs_state(failed_run):
+    from flowbook.widgets import panel_for_run
+
+    panel = panel_for_run(failed_run)
+    assert panel.title.value.count("PanelFlow") == 1
+    assert failed_run.id in panel.title.value and ">failed<" in panel.title.value
+
+
+def test_load_name_follows_the_selection_unless_typed(failed_run):
+    from flowbook.widgets import panel_for_run
+
+    panel = panel_for_run(failed_run)
+    panel.step_picker.value = "start"
+    panel.artifact_picker.value = "items"
+    assert panel.load_name.value == "items"
+    panel.artifact_picker.value = "matrix"
+    assert panel.load_name.value == "matrix"
+    panel.load_name.value = "mine"
+    panel.artifact_picker.value = "items"
+    assert panel.load_name.value == "mine"
+
+
+def test_resume_leaves_nothing_of_the_failed_run(failed_run, run_flow):
+    from flowbook.runner import Runner
+    from flowbook.widgets import panel_for_run
+
+    def on_resume(step, origin):
+        (run_flow.workdir / "broken").unlink()
+        runner = Runner(str(run_flow.workdir / "flow.py"), show_output=False, env=run_flow.env)
+        with runner.resume(origin_run_id=origin, step=step) as running:
+            return running.run
+
+    panel = panel_for_run(failed_run, on_resume=on_resume)
+    assert [panel.tabs.get_title(i) for i in range(len(panel.tabs.children))] == [
+        "Artifacts",
+        "Logs",
+        "Resume",
+    ]
+    panel.log_task_picker.value = next(o for o in panel.log_task_picker.options if "body/" in o)
+    panel.log_stream.value = "stderr"
+    failed_task = next(t for t, s in panel.state.steps["body"].tasks.items() if s.state == FAILED)
+    panel.log_task_picker.value = f"body/{failed_task}"
+    assert "two is broken" in panel.log_text.value
+    outcome = panel.resume()
+    assert outcome.successful and panel.state.pathspec == outcome.pathspec
+    assert ">successful<" in panel.title.value
+    assert "two is broken" not in panel.log_text.value
+    # a successful run is nobody's origin: no Resume tab, no origin, no active button
+    assert len(panel.tabs.children) == 2
+    assert panel.resume_origin.value == "" and panel.resume_button.disabled
+
+
+def test_a_live_run_shows_its_state_and_run_from_its_first_event(run_flow, client):
+    import re
+
+    from flowbook.widgets import FlowPanel, RunState
+    from flowbook.widgets.panel import graph_of_run
+
+    assert run_flow(FLOW, "run").returncode == 0
+    run = client.Flow("PanelFlow").latest_run
+    panel = FlowPanel(graph_of_run(run), RunState([s["name"] for s in run.graph]), run.datastore)
+    panel.on_event("run_seeded", {"pathspec": run.pathspec, "queued": 1})
+    assert panel.run_picker.value == run.id and panel.flow_picker.value == "PanelFlow"
+    assert ">running<" in panel.title.value
+    panel.on_event("task_started", {"step": "start", "task_id": "1"})
+    assert re.search(
+        r'id="flowbook-node-start" class="[^"]*flowbook-state-running', panel.dag.value
+    )
+
+
+def test_flow_ui_at_the_top_opens_empty_and_follows_the_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWBOOK_DATASTORE", str(tmp_path / ".flowbook"))
+    cells = [
+        "%load_ext flowbook\n%flow name TopUiFlow",
+        "%flow ui",  # the flow has never run
+        "panel = get_ipython()._flowbook_session.live_panel\nsess = get_ipython()._flowbook_session\n"
+        "seen = []\nsess.listeners.append(lambda k, i: seen.append(('start' in panel.graph, "
+        "'flowbook-node-start' in panel.dag.value)) if k == 'task_started' else None)\n"
+        "print(panel.state.outcome(), list(panel.state.steps))",
+        "%%step start --next end\nself.x = 1",
+        "print(seen, panel.state.steps['start'].state, panel.title.value.count('TopUiFlow'))",
+        "%%step end\npass",
+        "%flow run --quiet",
+        "%reload_ext flowbook\n%flow name TopUiFlow",
+        "%flow ui",  # an older run exists: still this notebook's cells, not that run
+        "p2 = get_ipython()._flowbook_session.live_panel\n"
+        "print(p2 is not panel, p2.state.outcome(), [s for s, v in p2.state.steps.items() if v.tasks])",
+    ]
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    NotebookClient(nb, kernel_name="python3", timeout=120).execute(cwd=str(tmp_path))
+
+    def printed(index: int) -> str:
+        return "".join(o.get("text", "") for o in nb.cells[index].outputs).strip()
+
+    assert any(o.output_type == "display_data" for o in nb.cells[1].outputs)
+    assert printed(2) == "not started []"
+    # the step's first run was drawn in the DAG while it ran, not only after it ended
+    assert printed(4) == "[(True, True)] done 1"
+    assert any(o.output_type == "display_data" for o in nb.cells[8].outputs)
+    assert printed(9) == "True not started []"

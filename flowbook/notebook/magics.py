@@ -234,7 +234,7 @@ class FlowbookMagics(Magics):
         from ..widgets import panel_for_run
 
         datastore = self.session.datastore
-        if not rest and self.session.steps:
+        if not rest:  # even before any step ran: the panel fills as the cells run
             display(self._session_panel())
             return None
         if rest == ["last"]:
@@ -289,6 +289,8 @@ class FlowbookMagics(Magics):
                 panel.refresh(force=True)
             elif session.running_step is not None:  # events of a %%step cell
                 if kind == "run_seeded":  # the step's old tasks make way for the new
+                    if session.running_step not in panel.graph:  # its first run: draw it now
+                        panel.graph = session.partial_graph()
                     panel.state.step(session.running_step).tasks.clear()
                 panel.on_event(kind, info)
 

@@ -18,7 +18,7 @@ import ipywidgets as widgets
 from ..graph import FlowGraph
 from .dag import dag_html
 from .preview import artifact_html
-from .state import FAILED, RunState
+from .state import FAILED, RunState, foreach_frame
 
 REFRESH_INTERVAL = 0.2
 
@@ -53,34 +53,113 @@ def _set_options(picker: widgets.Dropdown, options: list[str]) -> None:
     picker.value = keep if keep is not None else (options[0] if options else None)
 
 
-def status_html(state: RunState) -> str:
-    """One row per step; a foreach's tasks expand on demand (<details>)."""
+CHIP_STYLE = "display:inline-block;padding:0 8px;border-radius:9px;border:1px solid {};background:{};font-size:90%"
+TABLE_STYLE = "border-collapse:collapse;table-layout:fixed;min-width:520px"
+CELL_STYLE = "padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #e0e0e0"
+STATUS_COLUMNS = (("step", 160), ("state", 90), ("tasks", 150), ("attempts", 70), ("duration", 80))
+TASK_COLUMNS = (
+    ("split", 50),
+    ("input", 170),
+    ("task", 120),
+    ("state", 90),
+    ("attempts", 70),
+    ("duration", 80),
+)
+
+
+def state_chip(state: str) -> str:
+    """A step's or task's state as a coloured chip (the DAG's colours)."""
+    from .dag import COLORS
+
+    fill, line = COLORS.get(state, ("#ffffff", "#9e9e9e"))
+    return (
+        f"<span class='flowbook-chip flowbook-chip-{state}' "
+        f"style='{CHIP_STYLE.format(line, fill)}'>{escape(state)}</span>"
+    )
+
+
+def outcome_chip(outcome: str) -> str:
+    """A run's outcome (not started, running, successful, failed) as a chip."""
+    from .dag import COLORS
+    from .state import DONE, NOT_RUN, RUNNING
+
+    state = {"running": RUNNING, "successful": DONE, "failed": FAILED, "interactive": DONE}.get(
+        outcome, NOT_RUN
+    )
+    fill, line = COLORS[state]
+    return (
+        f"<span class='flowbook-outcome flowbook-chip' "
+        f"style='{CHIP_STYLE.format(line, fill)}'>{escape(outcome)}</span>"
+    )
+
+
+def _table(columns: tuple, rows: list[str], css: str) -> str:
+    cols = "".join(f"<col style='width:{width}px'>" for _, width in columns)
+    head = "".join(f"<th style='{CELL_STYLE}'>{escape(name)}</th>" for name, _ in columns)
+    return (
+        f"<table class='{css}' style='{TABLE_STYLE}'><colgroup>{cols}</colgroup>"
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _td(text: str, css: str = "") -> str:
+    return f"<td class='{css}' style='{CELL_STYLE}'>{text}</td>"
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.2f} s" if value is not None else ""
+
+
+def status_html(state: RunState, input_of: Callable[[Any], str] | None = None) -> str:
+    """A table of the steps; a step of several tasks expands into a table of its tasks,
+    one row per task with its split index and input value (``input_of(task)``)."""
     rows = []
     for name, step in state.steps.items():
-        duration = f"{step.duration:.2f} s" if step.duration is not None else ""
         progress = ""
         if step.total > 1:
-            progress = f"<progress value='{step.done}' max='{step.total}'></progress> {step.done}/{step.total}"
-        cell = escape(name)
-        if len(step.tasks) > 1:
-            tasks = "".join(
-                f"<li>{escape(t.task_id)}: {t.state}, attempt {t.attempts}"
-                + (f", {t.duration:.2f} s" if t.duration is not None else "")
-                + "</li>"
-                for t in step.tasks.values()
+            progress = (
+                f"<progress value='{step.done}' max='{step.total}' style='width:80px'>"
+                f"</progress> {step.done}/{step.total}"
             )
-            cell = f"<details><summary>{escape(name)}</summary><ul>{tasks}</ul></details>"
+        elif step.tasks:
+            progress = "1"
         rows.append(
             f"<tr class='flowbook-row flowbook-state-{step.state}' data-step='{escape(name)}'>"
-            f"<td>{cell}</td><td>{step.state}</td><td>{step.attempts or ''}</td>"
-            f"<td>{duration}</td><td>{progress}</td></tr>"
+            + _td(f"<b>{escape(name)}</b>", "flowbook-step-name")
+            + _td(state_chip(step.state))
+            + _td(progress)
+            + _td(str(step.attempts or ""))
+            + _td(_seconds(step.duration))
+            + "</tr>"
         )
-    return (
-        "<table class='flowbook-status-table'><thead><tr><th>step</th><th>state</th>"
-        "<th>attempts</th><th>duration</th><th>progress</th></tr></thead><tbody>"
-        + "".join(rows)
-        + "</tbody></table>"
-    )
+        if len(step.tasks) > 1:
+            tasks = sorted(
+                step.tasks.values(),
+                key=lambda t: (t.index is None, t.index or 0, _task_order(t.task_id)),
+            )
+            task_rows = [
+                f"<tr class='flowbook-task-row' data-task='{escape(t.task_id)}'>"
+                + _td("" if t.index is None else str(t.index))
+                + _td(f"<code>{escape(input_of(t) if input_of else '')}</code>", "flowbook-input")
+                + _td(escape(t.task_id))
+                + _td(state_chip(t.state))
+                + _td(str(t.attempts))
+                + _td(_seconds(t.duration))
+                + "</tr>"
+                for t in tasks
+            ]
+            inner = _table(TASK_COLUMNS, task_rows, "flowbook-task-table")
+            rows.append(
+                f"<tr class='flowbook-tasks' data-step='{escape(name)}'>"
+                f"<td colspan='{len(STATUS_COLUMNS)}' style='padding:0 0 4px 24px'>"
+                f"<details><summary>{len(step.tasks)} tasks of {escape(name)}</summary>"
+                f"{inner}</details></td></tr>"
+            )
+    return _table(STATUS_COLUMNS, rows, "flowbook-status-table")
+
+
+def _task_order(task_id: str) -> tuple:
+    return (0, int(task_id), "") if task_id.isdigit() else (1, 0, task_id)
 
 
 class FlowPanel(widgets.VBox):
@@ -99,6 +178,9 @@ class FlowPanel(widgets.VBox):
         self.on_resume = on_resume
         self._last_refresh = 0.0
         self._syncing = False  # True while the pickers follow the shown run
+        self._foreach_values: dict[str, Any] = {}  # foreach artifacts, by blob name
+        self._frames_read: set[tuple[str, str, str]] = set()
+        self._auto_load_name = ""  # the name the Load box was given for the last selection
         self.title = widgets.HTML()
         self.dag = widgets.HTML()
         self.dag.add_class("flowbook-dag")
@@ -107,10 +189,9 @@ class FlowPanel(widgets.VBox):
         self.artifacts = self._artifact_browser()
         self.logs = self._log_viewer()
         self.resume_box = self._resume_controls()
-        tabs = widgets.Tab(children=[self.artifacts, self.logs, self.resume_box])
-        for index, title in enumerate(("Artifacts", "Logs", "Resume")):
-            tabs.set_title(index, title)
-        super().__init__([self.title, widgets.HBox([self.dag, self.status]), tabs])
+        self.tabs = widgets.Tab()
+        self._set_tabs(resume=False)
+        super().__init__([self.title, widgets.HBox([self.dag, self.status]), self.tabs])
         self.add_class("flowbook-panel")
         self.refresh(force=True)
 
@@ -120,15 +201,15 @@ class FlowPanel(widgets.VBox):
         if not force and now - self._last_refresh < REFRESH_INTERVAL:
             return
         self._last_refresh = now
-        outcome = ""
-        if self.state.finished:
-            outcome = " — successful" if self.state.successful else " — failed"
+        flow, _, run_id = (self.state.pathspec or "").partition("/")
+        run = f" run <code class='flowbook-run-id'>{escape(run_id)}</code>" if run_id else ""
         self.title.value = (
-            f"<b class='flowbook-title'>{escape(self.graph.name)}</b> "
-            f"{escape(self.state.pathspec or '')}{outcome}"
+            f"<b class='flowbook-title'>{escape(flow or self.graph.name)}</b>{run} "
+            + outcome_chip(self.state.outcome())
         )
         self.dag.value = dag_html(self.graph, self.state)
-        self.status.value = status_html(self.state)
+        self._read_frames()
+        self.status.value = status_html(self.state, self._input_of)
         if force:
             self._refresh_runs()
         self._refresh_choices()
@@ -137,13 +218,62 @@ class FlowPanel(widgets.VBox):
 
     def on_event(self, kind: str, info: dict) -> None:
         """A scheduler event: update the state and re-render (at most every 0.2 s)."""
-        if kind == "run_seeded" and info.get("pathspec") and not self.state.pathspec:
-            self.state.pathspec = info["pathspec"]
+        if kind == "run_seeded":  # the run exists now: the title and run picker show it
+            if info.get("pathspec") and not self.state.pathspec:
+                self.state.pathspec = info["pathspec"]
+            self.state.started = True
+            self.refresh(force=True)
+            return
         if kind == "tick":  # time passed: durations grow, logs of running tasks grow
             self.refresh()
             return
+        step = info.get("step")
+        before = self.state.steps[step].state if step in self.state.steps else None
         self.state.apply(kind, info)
-        self.refresh(force=kind == "task_failed")
+        after = self.state.steps[step].state if step in self.state.steps else None
+        # a step whose state changed is drawn at once; other events at most every 0.2 s
+        self.refresh(force=kind == "task_failed" or before != after)
+
+    def _read_frames(self, limit: int = 50) -> None:
+        """Split indexes of finished tasks the live events did not carry (from their records)."""
+        flow, _, run_id = (self.state.pathspec or "").partition("/")
+        if self.datastore is None or not run_id:
+            return
+        for name, step in self.state.steps.items():
+            if len(step.tasks) < 2:
+                continue
+            for task in step.tasks.values():
+                key = (self.state.pathspec, name, task.task_id)
+                if task.frame is not None or task.state == "running" or key in self._frames_read:
+                    continue
+                if limit <= 0:
+                    return
+                limit -= 1
+                self._frames_read.add(key)
+                try:
+                    _, record = self.datastore.latest_attempt(flow, run_id, name, task.task_id)
+                except Exception:
+                    continue
+                task.frame = foreach_frame(record or {})
+
+    def _input_of(self, task: Any) -> str:
+        """A short repr of a foreach task's input value, or ''."""
+        frame = task.frame
+        if not frame or not frame.get("sha") or self.datastore is None:
+            return ""
+        sha = frame["sha"]
+        if sha not in self._foreach_values:
+            try:
+                self._foreach_values[sha] = self.datastore.blobs.get(
+                    sha, what=f"Foreach artifact '{frame.get('var')}'"
+                )
+            except Exception:
+                self._foreach_values[sha] = None
+        try:
+            text = repr(self._foreach_values[sha][frame["index"]])
+        except Exception:
+            return ""
+        return text if len(text) <= 40 else text[:37] + "..."
 
     def attach_run(self, pathspec: str, successful: bool | None = None) -> None:
         self.state.pathspec = pathspec
@@ -283,8 +413,10 @@ class FlowPanel(widgets.VBox):
             self.preview.value = ""
             return
         self.preview.value = artifact_html(task[name])
-        if not self.load_name.value:
+        # The name follows the selection, unless the user typed a name of their own.
+        if self.load_name.value in ("", self._auto_load_name):
             self.load_name.value = name
+            self._auto_load_name = name
 
     def load_into_kernel(self) -> str | None:
         """Put the chosen artifact into the kernel's namespace under the typed name."""
@@ -357,17 +489,27 @@ class FlowPanel(widgets.VBox):
         box.add_class("flowbook-resume")
         return box
 
+    def _set_tabs(self, resume: bool) -> None:
+        """Artifacts and Logs; Resume only while a failed run is shown."""
+        children = [self.artifacts, self.logs] + ([self.resume_box] if resume else [])
+        if list(self.tabs.children) == children:
+            return
+        self.tabs.children = children
+        for index, title in enumerate(("Artifacts", "Logs", "Resume")[: len(children)]):
+            self.tabs.set_title(index, title)
+
     def _refresh_resume(self) -> None:
+        failed_run = self.state.finished and self.state.successful is False
+        self._set_tabs(resume=failed_run)
         _set_options(self.resume_step, list(self.state.steps))
         failed = [n for n, s in self.state.steps.items() if s.state == FAILED]
         if failed:
             self.resume_step.value = failed[0]
-        if self.state.pathspec:
-            self.resume_origin.value = self.state.pathspec.split("/")[-1]
-        can_resume = (
-            self.on_resume is not None and self.state.finished and not self.state.successful
+        # The origin is the failed run shown; a successful run is no one's origin.
+        self.resume_origin.value = (
+            self.state.pathspec.split("/")[-1] if failed_run and self.state.pathspec else ""
         )
-        self.resume_button.disabled = not can_resume
+        self.resume_button.disabled = not (self.on_resume is not None and failed_run)
 
     def resume(self) -> Any:
         """Resume the shown (failed) run from the chosen step; the new run shows here."""
@@ -376,10 +518,16 @@ class FlowPanel(widgets.VBox):
             return None
         step, origin = self.resume_step.value, self.resume_origin.value or None
         self.state = RunState(list(self.state.steps))
-        self.refresh(force=True)
+        self.log_text.value = ""  # the failed run's traceback does not belong to the new run
+        self.load_message.value = ""
         self.resume_message.value = (
             f"Resuming run {escape(origin or '')} from {escape(step or '')}..."
         )
+        self.refresh(force=True)
         outcome = self.on_resume(step, origin)
-        self.resume_message.value = f"Resumed as {escape(getattr(outcome, 'pathspec', ''))}."
+        pathspec = getattr(outcome, "pathspec", "") or ""
+        if pathspec and self.state.pathspec != pathspec:
+            self.attach_run(pathspec, getattr(outcome, "successful", None))
+        self.resume_message.value = f"Resumed run {escape(origin or '')} as {escape(pathspec)}."
+        self._refresh_log()
         return outcome

@@ -22,6 +22,12 @@ class TaskState:
     attempts: int = 1
     started: float | None = None
     finished: float | None = None
+    #: The innermost foreach frame of the task ({"index", "sha", "var", ...}), when known.
+    frame: dict | None = None
+
+    @property
+    def index(self) -> int | None:
+        return None if self.frame is None else self.frame.get("index")
 
     @property
     def duration(self) -> float | None:
@@ -79,6 +85,10 @@ class RunState:
         self.pathspec = pathspec
         self.finished = False
         self.successful: bool | None = None
+        #: A run was started (its record exists), though no task may have started yet.
+        self.started = False
+        #: A notebook's interactive run: it never finishes; its steps run one cell at a time.
+        self.interactive = False
 
     def step(self, name: str) -> StepState:
         return self.steps.setdefault(name, StepState(name))
@@ -119,7 +129,7 @@ class RunState:
         state = cls([s["name"] for s in run.graph], run.pathspec)
         for step in run:
             for task in step:
-                record = task.metadata_dict
+                record = task._record  # the whole record: its foreach frame too
                 status = record.get("status")
                 state.step(step.id).tasks[task.id] = TaskState(
                     task.id,
@@ -127,6 +137,7 @@ class RunState:
                     task.current_attempt + 1,
                     record.get("started_at"),
                     record.get("finished_at"),
+                    foreach_frame(record),
                 )
         state.finished = run.finished
         state.successful = run.successful if run.finished else None
@@ -150,11 +161,17 @@ class RunState:
                     int(record.get("attempt", 0)) + 1,
                     record.get("started_at"),
                     record.get("finished_at"),
+                    foreach_frame(record),
                 )
         state.mark_stale(stale)
+        state.interactive = True
         return state
 
     # ------------------------------------------------------------ reading
+    def outcome(self) -> str:
+        """not started, running, successful or failed."""
+        return _outcome(self)
+
     def failed_steps(self) -> list[str]:
         return [name for name, step in self.steps.items() if step.state == FAILED]
 
@@ -167,7 +184,18 @@ class RunState:
         return "\n".join(lines)
 
 
+def foreach_frame(record: dict) -> dict | None:
+    """The innermost foreach frame of a task record (its split index and foreach blob)."""
+    frames = record.get("foreach_stack") or []
+    return dict(frames[-1]) if frames else None
+
+
 def _outcome(state: RunState) -> str:
-    if not state.finished:
-        return "running" if any(s.tasks for s in state.steps.values()) else "not started"
-    return "successful" if state.successful else "failed"
+    if state.finished:
+        return "successful" if state.successful else "failed"
+    steps = state.steps.values()
+    if any(s.state == RUNNING for s in steps) or (state.started and not state.interactive):
+        return "running"
+    if state.interactive:
+        return "interactive" if any(s.tasks for s in steps) else "not started"
+    return "running" if any(s.tasks for s in steps) else "not started"
