@@ -57,6 +57,10 @@ LOST_SCHEDULER_GRACE = 3.0
 EXIT_EVENT_GRACE = 2.0
 
 
+#: The exit code of an attempt Dask started again (it had started before): not run.
+EXIT_RERUN = 79
+
+
 class DaskSetupError(FlowbookError):
     """The Dask cluster cannot run this flow's tasks (one line says why)."""
 
@@ -136,7 +140,7 @@ def _pump(worker: Any, topic: str, token: str, kind: str, stream: Any) -> None:
         worker.log_event(topic, {"t": token, "e": kind, "d": data})
 
 
-def signal_on_worker(token: str, number: int) -> bool:
+async def signal_on_worker(token: str, number: int) -> bool:
     """Run by the client on the worker that runs ``token``: signal its process (which
     forwards SIGTERM/SIGINT to the task's group; on SIGKILL, its lifeline kills it)."""
     proc = _RUNNING.get(token)
@@ -173,6 +177,13 @@ def _task_main() -> None:
     flow_cls, graph = load_flow(message["loader"])
     spec = TaskSpec(**message["spec"])
     datastore = Datastore(storage=open_storage(spec.datastore_url, trusted=True))
+    start = datastore.attempt_file(
+        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, "start.json"
+    )
+    if datastore.storage.exists(start):
+        # Dask ran this attempt again after its worker was lost (Dask reschedules the
+        # tasks of a lost worker); the scheduler has failed it already: do nothing
+        os._exit(EXIT_RERUN)
     _set_log_paths(datastore, spec)
     task = _Task(datastore, graph, {}, spec)
     code, _record, _reason = _attempt(task, flow_cls, None)
