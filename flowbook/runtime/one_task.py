@@ -38,6 +38,7 @@ from ..names import check, check_run_id, check_task_id, shown
 from ..options import DEFAULT_MAX_NUM_SPLITS
 from . import signals
 from .frames import FramesError, parent_info, task_frames
+from .processes import exit_with, hold_lifeline, kill_group
 from .spec import TaskSpec
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
@@ -670,28 +671,14 @@ def _attempt(task: _Task, flow_cls: type, timeout: float | None) -> tuple[int, d
     lifeline_r, lifeline_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the task
-        code = 1
-        try:
+
+        def run() -> int:
             os.setpgid(0, 0)  # before the lifeline's thread: it kills this group
             os.close(lifeline_w)
-            import _thread
+            hold_lifeline(lifeline_r)
+            return execute_task(spec, flow_cls, task.graph)
 
-            _thread.start_new_thread(_watch_lifeline, (lifeline_r,))
-            code = execute_task(spec, flow_cls, task.graph)
-        except BaseException:
-            try:
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                code = 1
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            except Exception:
-                pass
-            os._exit(code)
+        exit_with(run)
     os.close(lifeline_r)
     try:
         os.setpgid(pid, pid)  # also here: a signal forwarded at once reaches the group
@@ -701,7 +688,7 @@ def _attempt(task: _Task, flow_cls: type, timeout: float | None) -> tuple[int, d
 
     def stop(number: int, frame: Any) -> None:
         stopped.append(number)
-        _kill_group(pid, number)
+        kill_group(pid, number)
 
     previous = {}
     for number in (signals.SIGTERM, signals.SIGINT):
@@ -782,17 +769,17 @@ def _wait(pid: int, spec: TaskSpec, timeout: float | None) -> tuple[int, bool]:
             if pidfd is not None:
                 ready, _, _ = select.select([pidfd], [], [], 0)
                 if ready:  # exited (not reaped yet): end what it started, then reap
-                    _kill_group(pid, signals.SIGKILL)
+                    kill_group(pid, signals.SIGKILL)
                     status = os.waitpid(pid, 0)[1]
             else:
                 done, raw = os.waitpid(pid, os.WNOHANG)
                 if done:
                     status = raw
-                    _kill_group(pid, signals.SIGKILL)
+                    kill_group(pid, signals.SIGKILL)
             if status is None and deadline is not None and time.monotonic() >= deadline:
                 timed_out = True
                 deadline = None
-                _kill_group(pid, signals.SIGKILL)
+                kill_group(pid, signals.SIGKILL)
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -834,24 +821,3 @@ class _Tee:
         if self.source is not None:
             os.close(self.source)
             self.source = None
-
-
-def _kill_group(pid: int, number: int) -> None:
-    try:
-        os.killpg(pid, number)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, number)
-        except ProcessLookupError:
-            pass
-
-
-def _watch_lifeline(fd: int) -> None:
-    """In the task: when this process is gone (even killed with SIGKILL), end the
-    task's process group (the task leads it: execute_task calls setpgid)."""
-    try:
-        while os.read(fd, 1):
-            pass
-    except OSError:
-        pass
-    os.killpg(0, signals.SIGKILL)

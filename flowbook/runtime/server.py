@@ -43,6 +43,7 @@ from collections.abc import Callable
 from ..datastore.pickling import PROTOCOL, cpickle
 from . import signals
 from .executor import ExecutorLost, TaskExecutor, TaskExited, TaskStarted
+from .processes import exit_with, hold_lifeline, kill_group
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -255,27 +256,6 @@ def describe_exit(code: int) -> str:
         return f"was killed by signal {-code}"
 
 
-def kill_group(pid: int, sig: int = signals.SIGKILL) -> None:
-    """Signal a task's process group (the task and what it started), else the task."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _watch_lifeline(fd: int) -> None:
-    """In a task, on a thread of its own: when the server is gone, end the task's group."""
-    try:
-        while os.read(fd, 1):
-            pass
-    except OSError:
-        pass
-    os.killpg(0, signals.SIGKILL)
-
-
 def _run_spare(
     handler: Callable[[Any], int], payload_fd: int, channel: Channel, wake, lifeline
 ) -> None:
@@ -285,8 +265,8 @@ def _run_spare(
     terminal or a signal to the kernel's group never reaches it (only the scheduler
     decides when a task stops), and a timeout or a stop kills what the task started.
     """
-    code = 1
-    try:
+
+    def run() -> int:
         os.setpgid(0, 0)
         os.close(lifeline[1])
         signals.set_wakeup_fd(-1)
@@ -302,27 +282,13 @@ def _run_spare(
             chunks.append(chunk)
         os.close(payload_fd)
         if not chunks:  # no payload at all: the spare was sent away unused
-            os._exit(0)
-        import _thread
-
-        _thread.start_new_thread(_watch_lifeline, (lifeline[0],))
+            return 0
+        hold_lifeline(lifeline[0])
         signals.signal(signals.SIGTERM, signals.SIG_DFL)
         signals.signal(signals.SIGINT, signals.default_int_handler)
-        code = handler(cpickle.loads(b"".join(chunks)))
-    except BaseException:  # never let a task process return into the server loop
-        try:
-            import traceback
+        return handler(cpickle.loads(b"".join(chunks)))
 
-            traceback.print_exc()
-        finally:
-            code = 1
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:
-            pass
-        os._exit(code)
+    exit_with(run)  # never return into the server loop
 
 
 class TaskServerClient(TaskExecutor):
