@@ -20,6 +20,7 @@ import warnings  # imported by the interpreter at start-up: costs nothing here
 from ..exceptions import FlowbookError, FlowbookWarning
 from ..graph import FlowGraph
 from ..options import COMMANDS, RESUME, RESUME_STEP, TOP, Option, by_name, defaults
+from ..plain import Plain
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -71,6 +72,25 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+class PlainCommand(Plain):
+    """What the fast reading accepts after a command's name: the flow's parameters
+    (``--alpha 0.5``) or not, and one positional argument stored under ``positional``
+    (``resume STEP``, ``step STEP``), optional or required."""
+
+    def __init__(
+        self, parameters: bool, positional: str | None = None, required: bool = False
+    ) -> None:
+        self.parameters = parameters
+        self.positional = positional
+        self.required = required
+
+
+#: The commands of a run: ``run`` and ``resume [STEP]``.
+RUN_COMMANDS = {
+    command: PlainCommand(True, RESUME_STEP if command == RESUME else None) for command in COMMANDS
+}
+
+
 def read_plain_start(
     argv: list[str], parameter_names: set[str], environ: Mapping[str, str] | None = None
 ) -> dict[str, Any] | None:
@@ -79,6 +99,18 @@ def read_plain_start(
     ``parameter_names`` are the flow's parameter option names (``--alpha`` -> ``alpha``).
     The settings are those of :func:`flowbook.options.defaults` with what was given.
     """
+    return read_plain(argv, parameter_names, RUN_COMMANDS, environ)
+
+
+def read_plain(
+    argv: list[str],
+    parameter_names: set[str],
+    commands: dict[str, PlainCommand],
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any] | None:
+    """The settings of a command line made of the option table's plain options and one
+    of ``commands``, or None to defer to click (help, an unknown option, a value that
+    does not convert, a bad environment value): click then says what is wrong."""
     given: dict[str, Any] = {}
     args = list(argv)
     top = by_name(TOP)
@@ -86,34 +118,42 @@ def read_plain_start(
         name, value = _split(args.pop(0), args, top)
         if not _take(given, top.get(name), name, value):
             return None
-    if not args or args[0] not in COMMANDS:
+    if not args or args[0] not in commands:
         return None
     command = args.pop(0)
+    shape = commands[command]
     options = by_name(command)
     parameters: dict[str, str] = {}
-    step = None
+    positional = None
     while args:
         arg = args.pop(0)
         if not arg.startswith("--"):
-            if command != RESUME or step is not None or arg.startswith("-"):
+            if shape.positional is None or positional is not None or arg.startswith("-"):
                 return None
-            step = arg
+            positional = arg
             continue
         name, value = _split(arg, args, options)
         if name in options:
             if not _take(given, options[name], name, value):
                 return None
-        elif value is not None and name[2:] in parameter_names and name[2:] not in parameters:
+        elif (
+            shape.parameters
+            and value is not None
+            and name[2:] in parameter_names
+            and name[2:] not in parameters
+        ):
             parameters[name[2:]] = value
         else:
             return None
+    if shape.required and positional is None:
+        return None
     try:
         settings = defaults(command, environ)
     except FlowbookError:
         return None  # click reports the bad environment value
     settings.update(given, parameters=parameters)
-    if command == RESUME:
-        settings[RESUME_STEP] = step
+    if shape.positional is not None:
+        settings[shape.positional] = positional
     return settings
 
 

@@ -27,13 +27,9 @@ from ..options import (
     INIT,
     MARK_FAILED,
     STEP,
-    TASK_COMMANDS,
     TASK_STEP,
-    TOP,
-    by_name,
-    defaults,
 )
-from .entry import _split, _take
+from .entry import PlainCommand, read_plain
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -48,54 +44,20 @@ REQUIRED = {
 }
 
 
+#: How each command reads: ``init`` takes the flow's parameters, ``step`` its step.
+TASK_SHAPES = {
+    INIT: PlainCommand(True),
+    STEP: PlainCommand(False, TASK_STEP, required=True),
+    MARK_FAILED: PlainCommand(False),
+}
+
+
 def read_plain_task(
     argv: list[str], parameter_names: set[str], environ: Mapping[str, str] | None = None
 ) -> dict[str, Any] | None:
     """The settings of a plain ``init``/``step``/``mark-failed`` command line, or None
     to leave it to click (help, an unknown option, a value that does not convert)."""
-    given: dict[str, Any] = {}
-    args = list(argv)
-    top = by_name(TOP)
-    while args and args[0].startswith("--"):
-        name, value = _split(args.pop(0), args, top)
-        if not _take(given, top.get(name), name, value):
-            return None
-    if not args or args[0] not in TASK_COMMANDS:
-        return None
-    command = args.pop(0)
-    options = by_name(command)
-    parameters: dict[str, str] = {}
-    step = None
-    while args:
-        arg = args.pop(0)
-        if not arg.startswith("--"):
-            if command != STEP or step is not None or arg.startswith("-"):
-                return None
-            step = arg
-            continue
-        name, value = _split(arg, args, options)
-        if name in options:
-            if not _take(given, options[name], name, value):
-                return None
-        elif (
-            command == INIT
-            and value is not None
-            and name[2:] in parameter_names
-            and name[2:] not in parameters
-        ):
-            parameters[name[2:]] = value
-        else:
-            return None
-    if command == STEP and step is None:
-        return None
-    try:
-        settings = defaults(command, environ)
-    except FlowbookError:
-        return None  # click reports the bad environment value
-    settings.update(given, parameters=parameters)
-    if command == STEP:
-        settings[TASK_STEP] = step
-    return settings
+    return read_plain(argv, parameter_names, TASK_SHAPES, environ)
 
 
 def start_task_command(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> int:
