@@ -163,3 +163,99 @@ def _shift_days(field: str, delta: int, cron: str) -> str:
             base = "-".join(pieces)
         parts.append(base + slash + step)
     return ",".join(parts)
+
+
+# ---------------------------------------------------------------------- AWS EventBridge
+AWS_HOURLY = "0 * * * ? *"
+AWS_DAILY = "0 0 * * ? *"
+AWS_WEEKLY = "0 0 ? * SUN *"
+#: (name, lowest, highest, names) of AWS's six fields.
+_AWS_FIELDS = (
+    ("minute", 0, 59, None),
+    ("hour", 0, 23, None),
+    ("day of month", 1, 31, None),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 1, 7, _DAYS),
+    ("year", 1970, 2199, None),
+)
+
+
+def _check_aws_field(index: int, text: str) -> None:
+    """One field of an AWS cron expression; ValueError saying what is wrong."""
+    _, low, high, names = _AWS_FIELDS[index]
+    if text == "?":
+        if index not in (2, 4):
+            raise ValueError("cannot be '?'")
+        return
+    if index == 2 and text.upper() in ("L", "LW"):
+        return
+    if index == 2 and text.upper().endswith("W") and text[:-1].isdigit():
+        _check_value(text[:-1], low, high, None)
+        return
+    if index == 4:
+        upper = text.upper()
+        if "#" in upper:
+            day, _, nth = upper.partition("#")
+            _check_value(day, low, high, None if day.isdigit() else _DAYS)
+            if not nth.isdigit() or not 1 <= int(nth) <= 5:
+                raise ValueError(f"'{text}': the week after '#' must be 1-5")
+            return
+        if upper.endswith("L") and upper[:-1]:
+            _check_value(upper[:-1], low, high, _DAYS)
+            return
+        if upper == "L":
+            return
+        # day names are 1-7 from Sunday here (names.index + 1)
+        for part in upper.split(","):
+            base, slash, step = part.partition("/")
+            if slash and (not step.isdigit() or int(step) == 0):
+                raise ValueError(f"'{part}' has a bad step")
+            if base == "*":
+                continue
+            for piece in base.split("-"):
+                if piece in _DAYS:
+                    continue
+                _check_value(piece, low, high, None)
+        return
+    _check_field(text, low, high, names)
+
+
+def check_six_fields(cron: str) -> str:
+    """``cron`` if it is a valid AWS EventBridge expression (6 fields, ``?`` in exactly
+    one of day-of-month and day-of-week, ``L``/``W``/``#`` where AWS allows them);
+    CronError naming it otherwise."""
+    fields = cron.split()
+    if len(fields) != 6:
+        raise CronError(
+            f"Invalid cron expression '{cron}': AWS EventBridge expects 6 fields (minute "
+            "hour day-of-month month day-of-week year)."
+        )
+    for index, text in enumerate(fields):
+        try:
+            _check_aws_field(index, text)
+        except ValueError as exc:
+            raise CronError(
+                f"Invalid cron expression '{cron}': {_AWS_FIELDS[index][0]} {exc}."
+            ) from None
+    if (fields[2] == "?") == (fields[4] == "?"):
+        raise CronError(
+            f"Invalid cron expression '{cron}': AWS needs '?' in exactly one of day of "
+            "month and day of week."
+        )
+    return " ".join(fields)
+
+
+def schedule_aws_cron(schedule: dict[str, Any]) -> str:
+    """The 6-field EventBridge cron of ``@schedule``'s attributes (cron, weekly, hourly,
+    daily: the first given wins). A 5-field ``cron=`` is converted; CronError naming
+    a bad expression."""
+    if schedule.get("cron"):
+        cron = str(schedule["cron"])
+        if len(cron.split()) == 5:
+            return to_six_fields(cron)
+        return check_six_fields(cron)
+    if schedule.get("weekly"):
+        return AWS_WEEKLY
+    if schedule.get("hourly"):
+        return AWS_HOURLY
+    return AWS_DAILY
