@@ -284,15 +284,19 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("resume_on", ["local", "dask"])
-def test_resume(on_executor, monkeypatch, resume_on, tmp_path):
+def test_resume(on_executor, monkeypatch, resume_on, tmp_path, request):
     marker = tmp_path / "marker"
     first = on_executor(RESUMABLE.format(marker=str(marker)), "run")
     assert first.returncode != 0, first
     assert "not yet" in first.output
     marker.touch()
-    if resume_on == "dask" and on_executor.kind == "local":
-        pytest.skip("a local run resumed on Dask: the dask-made run resumed locally covers it")
-    args = on_executor.args("resume") if resume_on == on_executor.kind else ["resume"]
+    if resume_on == on_executor.kind:
+        args = on_executor.args("resume")
+    elif resume_on == "local":
+        args = ["resume"]
+    else:  # a local run (local datastore) resumed on Dask workers of this machine
+        address = request.getfixturevalue("dask_cluster").address
+        args = ["resume", "--executor", "dask", "--dask-scheduler", address]
     second = on_executor.runner(None, *args)
     assert second.returncode == 0, second
     assert "Cloned from" in second.output
