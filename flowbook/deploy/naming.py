@@ -85,3 +85,24 @@ def is_resource_name(name: str, max_length: int = MAX_RESOURCE_NAME) -> bool:
         and name[0] in _ALNUM
         and name[-1] in _ALNUM
     )
+
+
+#: The longest AWS Step Functions state machine or state name.
+MAX_AWS_NAME = 80
+_AWS_NAME_CHARS = _ALNUM | set("ABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+
+
+def aws_name(text: str, max_length: int = MAX_AWS_NAME) -> str:
+    """``text`` as an AWS name (state machine, state, rule, job): ASCII letters,
+    digits, ``_`` and ``-`` (others become ``-``), at most ``max_length`` characters;
+    a longer one is cut and ends with a hash of the whole name."""
+    name = "".join(c if c in _AWS_NAME_CHARS else "-" for c in text) or "flow"
+    if len(name) <= max_length:
+        return name
+    digest = short_hash(text)
+    return name[: max_length - len(digest) - 1] + "-" + digest
+
+
+def is_aws_name(name: str, max_length: int = MAX_AWS_NAME) -> bool:
+    """Whether ``name`` is 1..max_length of ASCII letters, digits, ``_`` and ``-``."""
+    return 0 < len(name) <= max_length and set(name) <= _AWS_NAME_CHARS
