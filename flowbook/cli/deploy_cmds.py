@@ -29,14 +29,16 @@ GROUP = "argo-workflows"
 SUBCOMMANDS = ("create", "trigger")
 
 
-def shared_datastore(url: str | None) -> str:
-    """The datastore URL every pod can reach; FlowbookError for a local one."""
+def shared_datastore(
+    url: str | None, orchestrator: str = "Argo Workflows", worker: str = "pod"
+) -> str:
+    """The datastore URL every pod (Batch job) can reach; FlowbookError for a local one."""
     url = url or os.environ.get("FLOWBOOK_DATASTORE") or ""
     scheme = url.partition("://")[0] if "://" in url else ""
     if not scheme or scheme in ("file", "memory"):
         shown = url or "the default ./.flowbook"
         raise FlowbookError(
-            f"Argo Workflows needs a datastore every pod can reach, not {shown}: use "
+            f"{orchestrator} needs a datastore every {worker} can reach, not {shown}: use "
             "--datastore s3://BUCKET/PREFIX (or set FLOWBOOK_DATASTORE)."
         )
     return url
@@ -167,8 +169,13 @@ def trigger(
 
 # ---------------------------------------------------------------------- click
 def add_deploy_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> None:
-    """Add the ``argo-workflows`` group (create, trigger) to a flow's command line."""
+    """Add the ``argo-workflows`` group (create, trigger) to a flow's command line,
+    and the ``step-functions`` group (cli/sfn_cmds.py)."""
     import click
+
+    from .sfn_cmds import add_sfn_commands
+
+    add_sfn_commands(cli, flow_cls, graph)
 
     from .flow_cli import _option_key, _parameter_option
 
@@ -247,12 +254,17 @@ def deploy_from_session(session: Any, words: list[str], echo: Any = print) -> li
     from ..export.flowfile import flow_file_source
     from ..notebook.builder import build_flow
 
+    if words and words[0] == "step-functions":
+        from .sfn_cmds import deploy_from_session as deploy_to_step_functions
+
+        return [deploy_to_step_functions(session, words, echo)]
+
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:
             raise FlowbookError(f"%flow deploy: {message}")
 
     parser = Parser(prog="%flow deploy", add_help=False)
-    parser.add_argument("target", choices=[GROUP])
+    parser.add_argument("target", choices=[GROUP, "step-functions"])
     parser.add_argument("--only-json", action="store_true")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--max-workers", type=int, default=100)

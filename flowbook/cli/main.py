@@ -16,7 +16,7 @@ from ..options import TOP, by_name, options_for
 
 NOTEBOOK_COMMANDS = ("export", "tag")
 #: Command groups whose subcommand comes before FILE: ``flowbook argo-workflows create NB``.
-DEPLOY_COMMANDS = {"argo-workflows": ("create", "trigger")}
+DEPLOY_COMMANDS = {"argo-workflows": ("create", "trigger"), "step-functions": ("create", "trigger")}
 
 
 def usage() -> str:
@@ -46,6 +46,7 @@ FILE is a FlowSpec file (the same as `python FILE COMMAND`) or a notebook (.ipyn
   logs     print a task's stored output: logs FILE RUN_ID/STEP[/TASK_ID]
   dump     print a task's artifacts:     dump FILE RUN_ID/STEP[/TASK_ID]
   argo-workflows create|trigger FILE    deploy to / run on Argo Workflows (docs/argo.md)
+  step-functions create|trigger FILE    deploy to / run on AWS Step Functions (docs/step_functions.md)
 
 For notebooks:
   export   write the notebook's flow as a file: export NB --to flow|metaflow -o flow.py

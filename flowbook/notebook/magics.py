@@ -32,6 +32,7 @@ FLOW_HELP = """\
 %flow logs PATHSPEC [--stderr]
 %flow export --to flow|metaflow PATH
 %flow deploy argo-workflows [--only-json] [--force] [--datastore URL] (docs/argo.md)
+%flow deploy step-functions [--only-json] [--force] [--datastore URL] (docs/step_functions.md)
 """
 
 
