@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -516,3 +517,39 @@ def test_papermill_parameters_reach_the_steps(executed_examples, client_at):
         if "injected-parameters" in c.metadata.get("tags", [])
     ]
     assert injected and "creature = " in injected[0].source
+
+
+def test_join_mistakes_and_unmarked_methods_are_named_at_their_cell(tmp_path, monkeypatch):
+    cells = [
+        "%load_ext flowbook\n%flow name JoinMsgFlow",
+        "%%step start --next a b\nself.x = 1",
+        "%%step a --next join\nself.y = 1",
+        "%%step b --next join\nself.y = 2",
+        "%%step join --next end\nself.z = 3",  # 4: a join without --join
+        "%reload_ext flowbook\n%flow name ForeachMsgFlow",
+        "%%step start --next body --foreach items\nself.items = [1, 2]",
+        "%%step body --next total\nself.v = self.input",
+        "%%step total --next end\nself.total = sum(i.v for i in inputs)",  # 8: no --join
+        "from flowbook import FlowSpec, step\nclass UnmarkedFlow(FlowSpec):\n    @step\n"
+        "    def start(self):\n        self.next(self.middle)\n    def middle(self):\n"
+        "        self.next(self.end)\n    @step\n    def end(self):\n        pass",
+        "%flow run UnmarkedFlow",  # 10: middle lacks @step
+    ]
+    nb = _notebook(cells)
+    _execute(nb, tmp_path, tmp_path / ".flowbook", monkeypatch)
+    expected = {
+        4: "Flow JoinMsgFlow, step 'join' (In[*]): it has several parents (a, b), so it "
+        "joins them; write %%step join --join",
+        8: "Flow ForeachMsgFlow, step 'total' (In[*]): the body reads `inputs`, which only "
+        "a join step has; write %%step total --join",
+        10: "Flow UnmarkedFlow: step 'start' goes to 'middle', a method without @step; "
+        "decorate `def middle` with @step.",
+    }
+    for index, needle in expected.items():
+        errors = _errors(nb.cells[index])
+        assert errors, _text(nb.cells[index])
+        message = re.sub(r"In\[\d+\]", "In[*]", errors[0].evalue)
+        assert needle in message and "\n" not in message
+    # the correct cells around them ran
+    for index in (1, 2, 3, 6, 7):
+        assert not _errors(nb.cells[index]), _text(nb.cells[index])

@@ -144,11 +144,23 @@ class NotebookSession:
     # ------------------------------------------------------------ running one step
     def run_step(self, cell: StepCell, console: NotebookConsole) -> list[dict]:
         """Register ``cell`` and run its task(s); returns their records."""
-        step_node(cell, self.flow_name)  # refuse a broken cell before replacing the old one
+        _, tree = step_node(cell, self.flow_name)  # refuse a broken cell before replacing
+        where = f"Flow {self.flow_name}, step '{cell.name}' ({cell.where or 'its cell'})"
+        join_hint = f"%%step {cell.name} --join (tag flowbook:join)"
+        if not cell.join and "inputs" in _names_read(tree):
+            raise FlowbookError(
+                f"{where}: the body reads `inputs`, which only a join step has; write {join_hint}."
+            )
         previous = self.steps.get(cell.name)
         self.steps[cell.name] = cell
         try:
             flow_cls, graph = build_flow(self.source(), self._globals(), partial=True)
+            parents_of = graph[cell.name].in_funcs
+            if not cell.join and len(parents_of) > 1:
+                raise FlowbookError(
+                    f"{where}: it has several parents ({', '.join(parents_of)}), so it joins "
+                    f"them; write {join_hint} and read their results from `inputs`."
+                )
             parents = self._parent_records(graph, cell.name)
         except FlowbookError:
             if previous is None:
@@ -322,6 +334,12 @@ def _sources() -> dict[str, str]:
         for name, entry in list(linecache.cache.items())
         if name.startswith(("<step ", "<setup cell ")) and len(entry) == 4
     }
+
+
+def _names_read(tree: Any) -> set[str]:
+    import ast
+
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def _python_only(code: str) -> str:
