@@ -146,8 +146,11 @@ def trigger(flow_cls: type, graph: FlowGraph, given: dict[str, str], echo: Any =
     from ..export import step_functions as sfn
 
     by_name = {p.name: p for p in flow_parameters(flow_cls).values()}
+    values: dict[str, Any] = {}
     for name, text in given.items():
-        by_name[name].convert(text, graph.name)  # a ParameterError names it
+        value = by_name[name].convert(text, graph.name)  # a ParameterError names it
+        # numbers and booleans as JSON values ({"alpha": 0.5}, as the seed shows them)
+        values[name] = value if isinstance(value, (bool, int, float)) else text
     api = AwsApi(region_name())
     name = sfn.state_machine_name(graph.name)
     arn = api.find_state_machine(name)
@@ -156,7 +159,7 @@ def trigger(flow_cls: type, graph: FlowGraph, given: dict[str, str], echo: Any =
             f"Flow {graph.name} is not deployed to AWS Step Functions in {api.region} (no "
             f"state machine {name}): run step-functions create first."
         )
-    execution = api.start_execution(arn, sfn.execution_input(given))
+    execution = api.start_execution(arn, sfn.execution_input(values))
     run_id = f"sfn-{execution}"
     echo(f"Execution {execution} started; its run is {graph.name}/{run_id}")
     return run_id

@@ -580,7 +580,7 @@ def schedule_expression(flow_cls: type) -> str | None:
     return f"cron({schedule_aws_cron(schedule)})"
 
 
-def execution_input(parameters: dict[str, str]) -> str:
+def execution_input(parameters: dict[str, Any]) -> str:
     """The input ``trigger`` gives an execution: ``{"Parameters": "<JSON text>"}``."""
     import json
 
