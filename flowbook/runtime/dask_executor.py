@@ -6,13 +6,14 @@ What runs where (see docs/cluster.md):
   local run, with a :class:`DaskExecutor` in place of the local task server. It
   submits one Dask task per flowbook task attempt (``pure=False``, no Dask
   ``retries``: retries, ``@catch`` and ``@timeout`` stay the scheduler's).
-* **On a worker**: :func:`run_on_worker` starts ``python -m
-  flowbook.runtime.dask_executor`` (a subprocess in its own session) and gives it the
-  task's spec on stdin. That process loads the flow file (or notebook) from the same
-  path as here, and runs the attempt exactly as ``python flow.py step`` does
-  (:func:`flowbook.runtime.one_task._attempt`: a forked child leading its own
-  process group, a lifeline, its output copied to our stdout and stderr). User code
-  therefore cannot crash the worker, and a kill reaches the task's process group.
+* **On a worker**: :func:`run_on_worker` hands the spec to the worker process's warm
+  task server for this flow (``runtime/server.py``'s spawned server: a subprocess of
+  the worker that imported the flow file or notebook, from the same path as here,
+  and the datastore's file system once), which forks the task: the same
+  ``execute_task`` as ``python flow.py step`` and a local run. The task leads its
+  own process group with a lifeline to the server, and the server has one to the
+  worker, so user code cannot crash the worker, a kill reaches the task's group,
+  and a worker killed takes its tasks with it.
 * **Back here**: the worker function reports through Dask's event topics (``log_event``):
   ``start`` (worker, pid), chunks of the task's output while it runs (for a
   datastore that is not this machine's directory: appended to the spool files the
@@ -21,11 +22,12 @@ What runs where (see docs/cluster.md):
   worker (the scheduler's ``remove-worker`` event); losing the Dask scheduler raises
   :class:`ExecutorLost`.
 
-Why not ``python flow.py step``: ``step`` derives what a run's scheduler already
-knows (parents, split stack) and takes decisions that are the scheduler's in
-``run`` (``@catch``'s attempt, marking the run failed, finishing it at ``end``), and
-the start task of ``run`` has no parameters task. The worker runs the same attempt
-code as ``step`` (``one_task._attempt``) with the scheduler's spec instead.
+Why not ``python flow.py step`` per task: ``step`` derives what a run's scheduler
+already knows (parents, split stack) and takes decisions that are the scheduler's in
+``run`` (``@catch``'s attempt, marking the run failed, finishing it at ``end``); the
+start task of ``run`` has no parameters task; and a fresh interpreter per task costs
+its imports every time (0.7 s with s3fs on a loaded 2-core machine), where a fork of
+a warm server costs milliseconds. The attempt code is the same (``execute_task``).
 
 Dask is imported only when this executor is used: ``run`` on the local executor
 does not import it (the import budget, docs/architecture.md).
@@ -66,91 +68,196 @@ class DaskSetupError(FlowbookError):
 
 
 # ---------------------------------------------------------------------- worker side
-#: In a worker process: the task subprocesses running there, by submission token.
+#: In a worker process: its warm task servers, by flow (see :class:`_WarmServer`).
+_SERVERS: dict[tuple, Any] = {}
+#: In a worker process: the warm server running each submission token.
 _RUNNING: dict[str, Any] = {}
-#: In a worker process: the signal sent to a token's process, to report it as such.
-_SIGNALLED: dict[str, int] = {}
+#: In a worker process: datastores by URL (an S3 client is slow to make).
+_DATASTORES: dict[str, Any] = {}
 
 
-def run_on_worker(
-    token: str, key: str, payload: bytes, topic: str, forward_logs: bool, env: dict
-) -> int:
-    """The Dask task: run one attempt in a subprocess of this worker and return its
-    exit code (minus the signal number when a signal ended it)."""
-    import subprocess
-    import threading
+class _LoadHandler:
+    """Pickled to a spawned task server: unpickling it there loads the flow once (from
+    its file or notebook) and gives the handler every forked task runs."""
 
+    def __init__(self, loader: list) -> None:
+        self.loader = loader
+
+    def __reduce__(self) -> tuple:
+        return (_make_handler, (self.loader,))
+
+
+def _make_handler(loader: list) -> Any:
+    from .task import execute_task
+
+    flow_cls, graph = load_flow(loader)
+    return lambda spec: execute_task(spec, flow_cls, graph)
+
+
+class _WarmServer:
+    """One spawned task server (runtime/server.py) per worker process and flow: it
+    imports the flow (and the datastore's file system) once and forks a task per
+    attempt, which leads its own process group and dies with the server (its
+    lifeline); the server dies with the worker (end of file on its channel). Several
+    worker threads share it: one at a time reads its events and files them by key."""
+
+    def __init__(self, loader: list, warm: list[str]) -> None:
+        import threading
+
+        from .server import TaskServerClient
+
+        self.client = TaskServerClient.start_spawned(("pickled", _pickle(_LoadHandler(loader))))
+        self.warmed: set[str] = set()
+        self.warm(warm)
+        self.lock = threading.Lock()
+        self.started: dict[str, int | None] = {}
+        self.exits: dict[str, int] = {}
+        self.lost: str | None = None
+
+    def warm(self, modules: list[str]) -> None:
+        for module in modules:
+            if module not in self.warmed:
+                self.warmed.add(module)
+                self.client.warm(module)
+
+    def poll(self, token: str, timeout: float) -> None:
+        with self.lock:
+            if token in self.exits or self.lost:
+                return
+            try:
+                events = self.client.wait_events(timeout)
+            except ExecutorLost as exc:
+                self.lost = str(exc)
+                return
+            for event in events:
+                if isinstance(event, TaskStarted):
+                    self.started[event.key] = event.pid
+                else:
+                    self.exits[event.key] = event.code
+
+
+def _pickle(value: Any) -> bytes:
+    from ..datastore.pickling import PROTOCOL, cpickle
+
+    return cpickle.dumps(value, protocol=PROTOCOL)
+
+
+def _server_for(loader: list, warm: list[str]) -> _WarmServer:
+    try:
+        stamp = os.stat(loader[1]).st_mtime_ns
+    except OSError:
+        stamp = 0
+    key = (repr(loader), stamp)
+    server = _SERVERS.get(key)
+    if server is None or server.lost or not server.client.alive():
+        server = _SERVERS[key] = _WarmServer(loader, warm)
+    server.warm(warm)
+    return server
+
+
+def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs: bool) -> int:
+    """The Dask task: run one attempt in a process forked by this worker's warm task
+    server; report its start, output and exit on ``topic``; return its exit code
+    (minus the signal number when a signal ended it)."""
     from distributed import get_worker
 
+    from .. import jsonio
+    from ..datastore import Datastore
+    from ..datastore.storage import open_storage
+    from .one_task import _set_log_paths
+    from .spec import TaskSpec
+
     worker = get_worker()
-    out = subprocess.PIPE if forward_logs else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowbook.runtime.dask_executor"],
-        stdin=subprocess.PIPE,
-        stdout=out,
-        stderr=out,
-        start_new_session=True,  # a kill reaches it, not the worker
-        env=dict(os.environ, **env),
+    message = jsonio.loads(payload.decode("utf-8"))
+    spec = TaskSpec(**message["spec"])
+    datastore = _DATASTORES.get(spec.datastore_url)
+    if datastore is None:
+        storage = open_storage(spec.datastore_url, trusted=True)
+        datastore = _DATASTORES[spec.datastore_url] = Datastore(storage=storage)
+    start = datastore.attempt_file(
+        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, "start.json"
     )
-    _RUNNING[token] = proc
-    worker.log_event(
-        topic, {"t": token, "k": key, "e": "start", "pid": proc.pid, "w": worker.address}
-    )
-    pumps = []
-    if forward_logs:
-        for kind, stream in (("out", proc.stdout), ("err", proc.stderr)):
-            pump = threading.Thread(
-                target=_pump, args=(worker, topic, token, kind, stream), daemon=True
+    if datastore.storage.exists(start):
+        # Dask ran this attempt again after its worker was lost (Dask reschedules a
+        # lost worker's tasks); the scheduler has failed it already: do nothing
+        return EXIT_RERUN
+    _set_log_paths(datastore, spec)  # this machine's paths (a spool for a remote datastore)
+    server = _server_for(message["loader"], message.get("warm", []))
+    tails = [_Tail(spec.stdout_path, "out"), _Tail(spec.stderr_path, "err")]
+    _RUNNING[token] = server
+    try:
+        server.client.submit(token, spec)
+        announced = False
+        while token not in server.exits and not server.lost:
+            server.poll(token, 0.1)
+            if not announced and token in server.started:
+                announced = True
+                event = {"t": token, "k": key, "e": "start", "pid": server.started[token]}
+                worker.log_event(topic, dict(event, w=worker.address))
+            if forward_logs and announced:
+                for tail in tails:
+                    tail.send(worker, topic, token)
+        code = server.exits.pop(token, -9)
+        if not announced:
+            pid = server.started.get(token)
+            worker.log_event(
+                topic, {"t": token, "k": key, "e": "start", "pid": pid, "w": worker.address}
             )
-            pump.start()
-            pumps.append(pump)
-    try:
-        proc.stdin.write(payload + b"\n")
-        proc.stdin.flush()  # stdin stays open: the task's lifeline to this worker
-    except OSError:
-        pass
-    try:
-        code = proc.wait()
+        if forward_logs:
+            for tail in tails:
+                tail.send(worker, topic, token)
+        if server.lost:
+            data = f"flowbook: on Dask worker {worker.address}, {server.lost}\n".encode()
+            worker.log_event(topic, {"t": token, "e": "err", "d": data})
     finally:
         _RUNNING.pop(token, None)
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-    for pump in pumps:
-        pump.join(5)
-    sent = _SIGNALLED.pop(token, None)
-    if sent is not None and code == 128 + sent:
-        code = -sent  # forwarded to the task, which it ended
+        server.started.pop(token, None)
+        for tail in tails:
+            tail.close()
+        if forward_logs:  # the task uploaded its spool files at its end
+            for path in (spec.stdout_path, spec.stderr_path):
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
+            try:
+                os.rmdir(os.path.dirname(spec.stdout_path))
+            except OSError:
+                pass
     worker.log_event(topic, {"t": token, "k": key, "e": "exit", "code": code})
     return code
 
 
-def _pump(worker: Any, topic: str, token: str, kind: str, stream: Any) -> None:
-    """Send what the task prints to the client, as it comes (the task's process
-    copies its log files to us every 0.1 s, so chunks come at most that often)."""
-    fd = stream.fileno()
-    while True:
-        try:
-            data = os.read(fd, 1 << 16)
-        except OSError:
-            return
-        if not data:
-            return
-        worker.log_event(topic, {"t": token, "e": kind, "d": data})
+class _Tail:
+    """What was appended to a task's log file since the last look, sent as an event."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        self.path = path
+        self.kind = kind
+        self.handle: Any = None
+
+    def send(self, worker: Any, topic: str, token: str) -> None:
+        if self.handle is None:
+            try:
+                self.handle = open(self.path, "rb")  # noqa: SIM115
+            except OSError:
+                return
+        data = self.handle.read()
+        if data:
+            worker.log_event(topic, {"t": token, "e": self.kind, "d": data})
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
 
 
 async def signal_on_worker(token: str, number: int) -> bool:
-    """Run by the client on the worker that runs ``token``: signal its process (which
-    forwards SIGTERM/SIGINT to the task's group; on SIGKILL, its lifeline kills it)."""
-    proc = _RUNNING.get(token)
-    if proc is None or proc.poll() is not None:
+    """Run by the client on the worker that runs ``token``: signal the task's process
+    group (through the warm server that forked it)."""
+    server = _RUNNING.get(token)
+    if server is None:
         return False
-    _SIGNALLED[token] = number
-    try:
-        os.killpg(proc.pid, number)
-    except (ProcessLookupError, PermissionError):
-        return False
+    server.client.kill(token, number)
     return True
 
 
@@ -159,52 +266,6 @@ def worker_facts(paths: list[str]) -> dict:
     import socket
 
     return {"host": socket.gethostname(), "missing": [p for p in paths if not os.path.exists(p)]}
-
-
-def _task_main() -> None:
-    """``python -m flowbook.runtime.dask_executor``: one attempt, its spec on stdin."""
-    from .. import jsonio
-    from ..datastore import Datastore
-    from ..datastore.storage import open_storage
-    from . import signals
-    from .one_task import _attempt, _set_log_paths, _Task
-    from .spec import TaskSpec
-
-    message = jsonio.loads(sys.stdin.buffer.readline().decode("utf-8"))
-    import _thread
-
-    _thread.start_new_thread(_watch_stdin, ())
-    flow_cls, graph = load_flow(message["loader"])
-    spec = TaskSpec(**message["spec"])
-    datastore = Datastore(storage=open_storage(spec.datastore_url, trusted=True))
-    start = datastore.attempt_file(
-        spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, "start.json"
-    )
-    if datastore.storage.exists(start):
-        # Dask ran this attempt again after its worker was lost (Dask reschedules the
-        # tasks of a lost worker); the scheduler has failed it already: do nothing
-        os._exit(EXIT_RERUN)
-    _set_log_paths(datastore, spec)
-    task = _Task(datastore, graph, {}, spec)
-    code, _record, _reason = _attempt(task, flow_cls, None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if code < 0:  # the task was killed by a signal: end the same way
-        signals.signal(-code, signals.SIG_DFL)
-        os.kill(os.getpid(), -code)
-    os._exit(code if code >= 0 else 1)
-
-
-def _watch_stdin() -> None:
-    """The worker keeps our stdin open; at its end (the worker died) end the task too."""
-    try:
-        while os.read(0, 1024):
-            pass
-    except OSError:
-        pass
-    from . import signals
-
-    os.kill(os.getpid(), signals.SIGKILL)  # the task's lifeline then kills its group
 
 
 def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
@@ -308,6 +369,10 @@ class DaskExecutor(TaskExecutor):
         self.loader = flow_loader(flow_cls, graph)
         self.datastore_url = datastore.url
         self.forward_logs = not datastore.storage.is_local
+        #: what the workers' task servers import before forking tasks
+        self.warm_modules: list[str] = []
+        if not datastore.storage.is_local:
+            self.warm_modules = ["fsspec", type(datastore.storage.fs).__module__.split(".")[0]]
         self.cluster = None
         self.address = address or scheduler_file or ""
         try:
@@ -419,10 +484,11 @@ class DaskExecutor(TaskExecutor):
         token = f"{spec.run_id}-{spec.step}-{key}-{spec.attempt}-{uuid.uuid4().hex[:8]}"
         submission = _Submission(key, token, spec)
         fields = dict(vars(spec))
-        payload = jsonio.dumps({"spec": fields, "loader": self.loader}).encode("utf-8")
+        payload = jsonio.dumps(
+            {"spec": fields, "loader": self.loader, "warm": self.warm_modules}
+        ).encode("utf-8")
         self.submissions[key] = submission
         self.by_token[token] = submission
-        env = {k: v for k, v in os.environ.items() if k.startswith("FLOWBOOK_TRUST")}
         submission.future = self.client.submit(
             run_on_worker,
             token,
@@ -430,7 +496,6 @@ class DaskExecutor(TaskExecutor):
             payload,
             self.topic,
             self.forward_logs,
-            env,
             key=f"flowbook-{token}",
             pure=False,
             resources=self._resources(spec.step),
@@ -454,6 +519,10 @@ class DaskExecutor(TaskExecutor):
             self._handle(item[1], results)
         self._overdue_exits(results)
         return results
+
+    def warm(self, module: str) -> None:
+        if module not in self.warm_modules:
+            self.warm_modules.append(module)
 
     def kill(self, key: str, signal_number: int) -> None:
         submission = self.submissions.get(key)
@@ -671,10 +740,3 @@ class DaskExecutor(TaskExecutor):
             except OSError:
                 pass
         submission.logs.clear()
-
-
-if __name__ == "__main__":
-    # Run through the importable module, as server.py does.
-    from flowbook.runtime import dask_executor as _module
-
-    _module._task_main()
