@@ -173,7 +173,27 @@ def breakdown(address: str, env: dict, reps: int) -> list[tuple[str, str]]:
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], env=env, check=True)
             samples.append(time.perf_counter() - started)
-        rows.append((f"subprocess start: {label}", median_ms(samples)))
+        rows.append((f"a fresh interpreter per task (not paid): {label}", median_ms(samples)))
+    from flowbook.datastore.pickling import cpickle
+    from flowbook.runtime.executor import TaskExited
+    from flowbook.runtime.server import TaskServerClient
+
+    server = TaskServerClient.start_spawned(("pickled", cpickle.dumps(int)))
+    samples = []
+    for i in range(60):
+        started = time.perf_counter()
+        server.submit(i, 0)
+        done = False
+        while not done:
+            done = any(isinstance(e, TaskExited) for e in server.wait_events(1.0))
+        samples.append(time.perf_counter() - started)
+    server.close()
+    rows.append(
+        (
+            "what a worker pays instead: a no-op task forked by a warm task server",
+            median_ms(samples[10:]),
+        )
+    )
     from flowbook.datastore.storage import open_storage
 
     storage = open_storage("s3://bench/breakdown")
