@@ -335,15 +335,19 @@ def test_moto_executes_the_data_plumbing(run_flow, deploy_env, sfn, aws_moto):
     ]
     execution = f"x{uuid.uuid4().hex[:8]}"
     run_id = f"sfn-{execution}"
-    # what the foreach tasks would have written: start splits 2, each outer 3 and 1
-    foreach_steps = [s for s, st in all_states(definition) if s.endswith("-cardinality")]
-    outer, inner = [s[: -len("-cardinality")] for s in foreach_steps]
+    # what the foreach tasks would have written: start 2 splits, outer-0 3, outer-1 1
     dynamo = _client(aws_moto, "dynamodb")
-    counts = {f"{run_id}/{outer}/{outer}": 2, f"{run_id}/{inner}/{inner}-0": 3,
-              f"{run_id}/{inner}/{inner}-1": 1}  # fmt: skip
+    counts = {
+        f"{run_id}/start/start": 2,
+        f"{run_id}/outer/outer-0": 3,
+        f"{run_id}/outer/outer-1": 1,
+    }
     for pathspec, n in counts.items():
-        dynamo.put_item(TableName=aws_moto["table"], Item={
-            "pathspec": {"S": pathspec}, "for_each_cardinality": {"NS": [str(i) for i in range(n)]}})  # fmt: skip
+        item = {
+            "pathspec": {"S": pathspec},
+            "for_each_cardinality": {"NS": [str(i) for i in range(n)]},
+        }
+        dynamo.put_item(TableName=aws_moto["table"], Item=item)
     started = sfn.start_execution(
         stateMachineArn=arn, name=execution, input='{"Parameters": {"k": 1}}'
     )
@@ -372,26 +376,33 @@ def test_moto_executes_the_data_plumbing(run_flow, deploy_env, sfn, aws_moto):
     walker.get_item = lambda params: dynamo.get_item(**params)  # the same table
     status, output = walker.run()
     assert status == "SUCCEEDED"
-    assert json.loads(described["output"])["foreach_outputs"] == output["foreach_outputs"]
+    assert json.loads(described["output"]) == output
+
+    def values(state, *names):
+        return sorted(tuple(e.get(n) for n in names) for e in recorded[state])
 
     init = recorded["flowbook-init"][0]
     assert init["FLOWBOOK_SFN_RUN_ID"] == run_id and init["FLOWBOOK_PARAMETERS"] == '{"k":1}'
-    assert recorded[outer][0]["FLOWBOOK_SFN_INPUT_PATHS"] == f"{run_id}/start/start"
-    assert sorted((e["FLOWBOOK_SFN_SPLIT_INDEX"], e["FLOWBOOK_SFN_TASK_ID"]) for e in recorded[outer]) == [
-        ("0", f"{outer}-0"), ("1", f"{outer}-1")]  # fmt: skip
-    inner_body = [s for s in recorded if s not in (outer, inner, "start", "end", "flowbook-init")]
-    firsts = [e for s in inner_body for e in recorded[s] if "FLOWBOOK_SFN_SPLIT_INDEX" in e]
-    assert sorted(e["FLOWBOOK_SFN_TASK_ID"].split("-", 1)[1] for e in firsts) == [
-        "0-0",
-        "0-1",
-        "0-2",
-        "1-0",
-    ]
-    # each foreach join gets the ids of its body's last tasks, in split order
-    joins = [e for s in recorded for e in recorded[s] if "FLOWBOOK_SFN_FOREACH_OUTPUTS" in e]
-    lists = sorted(len(json.loads(e["FLOWBOOK_SFN_FOREACH_OUTPUTS"])) for e in joins)
-    assert lists == [1, 2, 3]
-    assert recorded["end"][0]["FLOWBOOK_SFN_TASK_ID"] == "end"
+    assert values("start", "FLOWBOOK_SFN_TASK_ID", "FLOWBOOK_SFN_INPUT_PATHS") == [
+        ("start", f"{run_id}/_parameters/params")]  # fmt: skip
+    assert values("outer", "FLOWBOOK_SFN_TASK_ID", "FLOWBOOK_SFN_SPLIT_INDEX", "FLOWBOOK_SFN_INPUT_PATHS") == [
+        ("outer-0", "0", f"{run_id}/start/start"), ("outer-1", "1", f"{run_id}/start/start")]  # fmt: skip
+    assert values("inner", "FLOWBOOK_SFN_TASK_ID", "FLOWBOOK_SFN_SPLIT_INDEX", "FLOWBOOK_SFN_INPUT_PATHS") == [
+        ("inner-0-0", "0", f"{run_id}/outer/outer-0"), ("inner-0-1", "1", f"{run_id}/outer/outer-0"),
+        ("inner-0-2", "2", f"{run_id}/outer/outer-0"), ("inner-1-0", "0", f"{run_id}/outer/outer-1")]  # fmt: skip
+    # a foreach join gets the ids of its body's last tasks, a static join its branches'
+    joins = values("inner_join", "FLOWBOOK_SFN_TASK_ID", "FLOWBOOK_SFN_FOREACH_OUTPUTS")
+    assert [(t, [o["task-id"] for o in json.loads(out)]) for t, out in joins] == [
+        ("inner_join-0", ["inner-0-0", "inner-0-1", "inner-0-2"]), ("inner_join-1", ["inner-1-0"])]  # fmt: skip
+    assert values("p", "FLOWBOOK_SFN_TASK_ID", "FLOWBOOK_SFN_INPUT_PATHS") == [
+        ("p-0", f"{run_id}/inner_join/inner_join-0"), ("p-1", f"{run_id}/inner_join/inner_join-1")]  # fmt: skip
+    assert values("body_join", "FLOWBOOK_SFN_INPUT_PATHS") == [
+        (f"{run_id}/p/p-{i},{run_id}/q/q-{i}",) for i in (0, 1)]  # fmt: skip
+    outer_join = recorded["outer_join"][0]
+    assert [o["task-id"] for o in json.loads(outer_join["FLOWBOOK_SFN_FOREACH_OUTPUTS"])] == [
+        "body_join-0", "body_join-1"]  # fmt: skip
+    assert values("end", "FLOWBOOK_SFN_TASK_ID", "FLOWBOOK_SFN_INPUT_PATHS") == [
+        ("end", f"{run_id}/outer_join/outer_join")]  # fmt: skip
 
 
 def test_a_flaky_step_is_retried_with_its_retry_count(run_flow, deploy_env, sfn, s3_client):
