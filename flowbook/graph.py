@@ -123,6 +123,7 @@ class FlowGraph:
             for attr_name in _step_attribute_names(flow_cls)
         ]
         sources.cache.save()
+        _check_targets_are_steps(flow_cls, nodes)
         return cls(flow_cls.__name__, nodes)
 
     def apply_decospecs(self, specs: list) -> None:
@@ -303,8 +304,25 @@ class FlowGraph:
             split_name = end.split_stack[-1][0]
             raise GraphError(
                 f"Flow {flow}: the split at step '{split_name}' has no matching join "
-                "(its branches reach 'end' without being joined)."
+                f"(its branches reach 'end' without being joined){self._join_hint(split_name)}."
             )
+
+    def _join_hint(self, split_name: str) -> str:
+        """Which step was probably meant to join the split: the steps after its first
+        branch's first step, on the way to 'end'."""
+        path = []
+        name = self.nodes[split_name].out_funcs[0]
+        while name != "end" and name not in path:
+            path.append(name)
+            name = self.nodes[name].out_funcs[0]
+        candidates = path[1:]
+        if len(candidates) == 1:
+            (join,) = candidates
+            return f": declare step '{join}' as 'def {join}(self, inputs)'"
+        if candidates:
+            shown = ", ".join(f"'{c}'" for c in candidates)
+            return f": the step among {shown} that joins it must take inputs ('def NAME(self, inputs)')"
+        return ": add a join step, 'def join(self, inputs)', before 'end'"
 
     def _join_stack(self, node: StepNode, parent_stacks: dict[str, tuple]) -> tuple:
         flow = self.name
@@ -497,3 +515,17 @@ def _read_transitions(
             "targets in different places; a step has exactly one transition."
         )
     return found[0]
+
+
+def _check_targets_are_steps(flow_cls: type, nodes: list[StepNode]) -> None:
+    """A ``self.next(self.x)`` whose ``x`` is a method without ``@step``: say so (the
+    graph alone would only see that there is no step 'x')."""
+    names = {node.name for node in nodes}
+    for node in nodes:
+        for target in node.out_funcs:
+            if target not in names and callable(getattr(flow_cls, target, None)):
+                raise GraphError(
+                    f"Flow {flow_cls.__name__}: step '{node.name}' calls "
+                    f"self.next(self.{target}), but '{target}' is a method without @step; "
+                    f"decorate 'def {target}' with @step."
+                )

@@ -189,6 +189,36 @@ INVALID = {
 """,
         ["'end'"],
     ),
+    "next_to_a_method_without_step": (
+        """
+    @step
+    def start(self):
+        self.next(self.middle)
+
+    def middle(self):
+        self.next(self.end)
+"""
+        + LINEAR_END,
+        ["'middle' is a method without @step", "decorate 'def middle' with @step"],
+    ),
+    "foreach_join_without_inputs": (
+        """
+    @step
+    def start(self):
+        self.items = [1, 2]
+        self.next(self.body, foreach="items")
+
+    @step
+    def body(self):
+        self.next(self.gather)
+
+    @step
+    def gather(self):
+        self.next(self.end)
+"""
+        + LINEAR_END,
+        ["split at step 'start' has no matching join", "'def gather(self, inputs)'"],
+    ),
     "unknown_next": (
         """
     @step
@@ -409,18 +439,6 @@ INVALID = {
 """
         + LINEAR_END,
         ["'start'", "different targets"],
-    ),
-    "next_to_a_method_without_step": (
-        """
-    @step
-    def start(self):
-        self.next(self.middle)
-
-    def middle(self):
-        self.next(self.end)
-"""
-        + LINEAR_END,
-        ["'start'", "'middle'"],
     ),
     "unreachable_step": (
         """

@@ -542,8 +542,8 @@ def test_join_mistakes_and_unmarked_methods_are_named_at_their_cell(tmp_path, mo
         "joins them; write %%step join --join",
         8: "Flow ForeachMsgFlow, step 'total' (In[*]): the body reads `inputs`, which only "
         "a join step has; write %%step total --join",
-        10: "Flow UnmarkedFlow: step 'start' goes to 'middle', a method without @step; "
-        "decorate `def middle` with @step.",
+        10: "Flow UnmarkedFlow: step 'start' calls self.next(self.middle), but 'middle' is "
+        "a method without @step; decorate 'def middle' with @step.",
     }
     for index, needle in expected.items():
         errors = _errors(nb.cells[index])
