@@ -132,7 +132,7 @@ def create(
         "it is the production version now."
     )
     if expression:
-        api.put_schedule(name, expression, arn, events_role)  # type: ignore[arg-type]
+        api.put_schedule(name, expression, arn, events_role, sfn.SCHEDULE_INPUT)  # type: ignore[arg-type]
         echo(f"Scheduled by EventBridge rule {name}: {expression}.")
     elif api.delete_schedule(name):
         echo(f"Removed EventBridge rule {name}: the flow has no @schedule any more.")

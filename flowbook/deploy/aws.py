@@ -134,11 +134,11 @@ class AwsApi:
         return started["executionArn"].rsplit(":", 1)[-1]
 
     # ------------------------------------------------------------ EventBridge
-    def put_schedule(self, rule: str, expression: str, target_arn: str, role: str) -> None:
+    def put_schedule(
+        self, rule: str, expression: str, target_arn: str, role: str, input_text: str
+    ) -> None:
         """Create or update the rule ``rule`` starting ``target_arn`` on ``expression``
-        with the input ``{"Parameters": "{}"}``."""
-        from ..export.step_functions import SCHEDULE_INPUT
-
+        with the execution input ``input_text``."""
         self._call(
             f"put the EventBridge rule {rule}",
             self.events.put_rule,
@@ -151,9 +151,7 @@ class AwsApi:
             f"set the target of the EventBridge rule {rule}",
             self.events.put_targets,
             Rule=rule,
-            Targets=[
-                {"Id": TARGET_ID, "Arn": target_arn, "RoleArn": role, "Input": SCHEDULE_INPUT}
-            ],
+            Targets=[{"Id": TARGET_ID, "Arn": target_arn, "RoleArn": role, "Input": input_text}],
         )
 
     def delete_schedule(self, rule: str) -> bool:
