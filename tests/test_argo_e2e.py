@@ -404,3 +404,37 @@ def test_a_scheduled_flow_gets_a_cron_workflow_and_loses_it(run_flow, kube, depl
 def test_trigger_of_a_flow_never_deployed_is_refused(run_flow, kube, deploy_env):
     refused = run_flow(SEED_PARAMETER_FLOW, "argo-workflows", "trigger", env=deploy_env)
     assert_refused(refused, "not deployed", "argo-workflows create")
+
+
+def test_a_notebooks_flow_deploys_and_runs_like_flowbook_run(run_flow, kube, deploy_env, s3_client):
+    """``flowbook argo-workflows create NB.ipynb``: the package holds the notebook's
+    exported flow (no exploration cell), and the run equals ``flowbook run NB.ipynb``."""
+    import shutil
+    import subprocess
+    import sys
+
+    notebook = run_flow.workdir / "foreach.ipynb"
+    shutil.copy(Path(__file__).parent.parent / "notebooks" / "foreach.ipynb", notebook)
+    env = {**run_flow.env, **deploy_env}
+
+    def flowbook(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "flowbook", *args],
+            cwd=run_flow.workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    created = flowbook("argo-workflows", "create", str(notebook))
+    assert created.returncode == 0, created.stderr
+    template = _template(kube)
+    assert template["metadata"]["annotations"]["flowbook.io/flow-name"] == "ForeachFlow"
+    interpreter, status = _run(run_flow, template, deploy_env)
+    assert status == "Succeeded", interpreter.pods
+    local = flowbook("run", str(notebook))
+    assert local.returncode == 0, local.stderr
+    local_run = s3_client.Flow("ForeachFlow").latest_run
+    assert local_run.id != f"argo-{interpreter.name}"
+    _compare(s3_client, "ForeachFlow", f"argo-{interpreter.name}", local_run.id)
