@@ -438,3 +438,51 @@ def test_a_notebooks_flow_deploys_and_runs_like_flowbook_run(run_flow, kube, dep
     local_run = s3_client.Flow("ForeachFlow").latest_run
     assert local_run.id != f"argo-{interpreter.name}"
     _compare(s3_client, "ForeachFlow", f"argo-{interpreter.name}", local_run.id)
+
+
+def test_flow_deploy_in_a_kernel_prints_the_documents(run_flow, deploy_env, monkeypatch):
+    """``%flow deploy argo-workflows --only-json`` in a real kernel: the notebook's flow
+    as a valid WorkflowTemplate; an exploration name blocks it unless --force."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    cells = [
+        "%load_ext flowbook\n%flow name KernelDeployFlow",
+        "%%step start --next end\nself.x = 1",
+        "%%step end\nprint(self.x)",
+        "%flow deploy argo-workflows --only-json",
+        "helper = 3",
+        "%%step end\nprint(self.x, helper)",
+        "%flow deploy argo-workflows --only-json",
+        "%flow deploy argo-workflows --only-json --force",
+    ]
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    for key, value in {**deploy_env, "USER": "tester"}.items():
+        monkeypatch.setenv(key, value)
+    NotebookClient(nb, kernel_name="python3", timeout=180, allow_errors=True).execute(
+        cwd=str(run_flow.workdir)
+    )
+
+    def outputs(index: int) -> tuple[str, list[str]]:
+        cell = nb.cells[index]
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        errors = [o["evalue"] for o in cell.outputs if o.output_type == "error"]
+        return text, errors
+
+    for index in (3, 7):
+        text, errors = outputs(index)
+        assert not errors, errors
+        documents = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        assert [d["kind"] for d in documents] == ["WorkflowTemplate"], text
+        validate(documents[0])
+        assert documents[0]["metadata"]["annotations"]["flowbook.io/flow-name"] == (
+            "KernelDeployFlow"
+        )
+    text, errors = outputs(6)
+    assert errors and "helper" in errors[0] and "--force" in errors[0], (text, errors)
