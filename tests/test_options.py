@@ -205,6 +205,17 @@ def test_flow_line_errors_name_what_is_wrong():
 def test_the_flowbook_program_keeps_option_values_in_place():
     top, _, _, rest = split_args(["run", "f.py", "--msg", "--with", "--quiet", "--", "--with"])
     assert top == ["--quiet"] and rest == ["--msg", "--with", "--", "--with"]
+    # a flag of the command takes no value: the top-level option after it is one
+    argv = ["argo-workflows", "create", "f.py", "--only-json", "--datastore", "s3://b/x"]
+    top, command, path, rest = split_args(argv)
+    assert (top, command, path, rest) == (
+        ["--datastore", "s3://b/x"],
+        "argo-workflows",
+        "f.py",
+        ["create", "--only-json"],
+    )
+    top, _, _, rest = split_args(["resume", "f.py", "--not-quiet", "--with", "retry"])
+    assert top == ["--not-quiet", "--with", "retry"] and rest == []
     for bad, message in [
         (["--colour", "run", "f.py"], "unknown option --colour"),
         (["--quiet=1", "run", "f.py"], "--quiet takes no value"),

@@ -17,6 +17,8 @@ from ..options import TOP, by_name, options_for
 NOTEBOOK_COMMANDS = ("export", "tag")
 #: Command groups whose subcommand comes before FILE: ``flowbook argo-workflows create NB``.
 DEPLOY_COMMANDS = {"argo-workflows": ("create", "trigger"), "step-functions": ("create", "trigger")}
+#: Options of the deploy commands that take no value (cli/deploy_cmds.py).
+DEPLOY_FLAGS = ("--only-json", "--force")
 
 
 def usage() -> str:
@@ -94,6 +96,8 @@ def split_args(argv: list[str]) -> tuple[list[str], str, str, list[str]]:
         path, rest = rest[0], [path, *rest[1:]]  # argo-workflows create FILE ...
     if command in NOTEBOOK_COMMANDS:
         return top, command, path, rest
+    flags = {name for name, option in by_name(command).items() if option.is_flag}
+    flags.update(DEPLOY_FLAGS if command in DEPLOY_COMMANDS else ())
     kept: list[str] = []
     while rest:
         word = rest.pop(0)
@@ -108,7 +112,13 @@ def split_args(argv: list[str]) -> tuple[list[str], str, str, list[str]]:
                 top.append(rest.pop(0))
             continue
         kept.append(word)
-        if word.startswith("--") and not has_value and word != "--help" and rest:
+        if (
+            word.startswith("--")
+            and not has_value
+            and word not in flags
+            and word != "--help"
+            and rest
+        ):
             kept.append(rest.pop(0))  # an option's value, as click reads it
     return top, command, path, kept
 
