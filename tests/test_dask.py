@@ -539,3 +539,41 @@ def test_a_local_run_does_not_import_dask(run_flow):
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out
+
+
+def test_a_notebook_runs_on_dask(tmp_path, dask_cluster, moto_s3, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["flowbook"] = {"flow_name": "NotebookOnDask"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("%%setup\nFACTOR = 7"),
+        nbformat.v4.new_code_cell(
+            "%%step start --next body --foreach items\nself.items = [1, 2, 3]"
+        ),
+        nbformat.v4.new_code_cell(
+            "%%step body --next join\nself.v = self.input * FACTOR\nprint('body', self.v)"
+        ),
+        nbformat.v4.new_code_cell(
+            "%%step join --next end --join\nself.total = sum(i.v for i in inputs)"
+        ),
+        nbformat.v4.new_code_cell("%%step end\nprint('total', self.total)"),
+    ]
+    path = tmp_path / "analysis.ipynb"
+    nbformat.write(nb, str(path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))}
+    datastore = f"s3://{MOTO_BUCKET}/{uuid.uuid4().hex}"
+    env.update(moto_s3, USER=TEST_USER, FLOWBOOK_DATASTORE=datastore)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "flowbook"), "run", str(path)]
+        + ["--executor", "dask", "--dask-scheduler", dask_cluster.address],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"Running tasks on Dask scheduler {dask_cluster.address}" in output
+    assert "body 14" in output
+    assert "total 42" in output

@@ -143,11 +143,14 @@ def _pickle(value: Any) -> bytes:
 
 
 def _server_for(loader: list, warm: list[str]) -> _WarmServer:
-    try:
-        stamp = os.stat(loader[1]).st_mtime_ns
-    except OSError:
-        stamp = 0
-    key = (repr(loader), stamp)
+    if loader[0] == "pickled":
+        key: tuple = ("pickled", loader[1])
+    else:
+        try:
+            stamp = os.stat(loader[1]).st_mtime_ns
+        except OSError:
+            stamp = 0
+        key = (repr(loader), stamp)
     server = _SERVERS.get(key)
     if server is None or server.lost or not server.client.alive():
         server = _SERVERS[key] = _WarmServer(loader, warm)
@@ -269,16 +272,24 @@ def worker_facts(paths: list[str]) -> dict:
 
 
 def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
-    """How a worker loads this flow: ``["file", path, class, decospecs]`` or
-    ``["notebook", path, decospecs]``; FlowbookError when it has no file."""
+    """How a worker loads this flow: ``["file", path, class, decospecs]`` for a flow
+    file (the same path on the workers), ``["pickled", digest, base64]`` for a
+    notebook's flow (its module is pickled by value: notebook/builder.py registers
+    it with cloudpickle); FlowbookError when it has neither."""
     module = sys.modules.get(flow_cls.__module__)
     path = getattr(module, "__file__", None) or ""
     decospecs = [
         f"{d.name}:" + ",".join(f"{k}={v!r}" for k, v in d.attributes.items())
         for d in graph.cli_decorators
     ]
-    if path.endswith(".ipynb") and os.path.isfile(path):
-        return ["notebook", os.path.abspath(path), decospecs]
+    if path.endswith(".ipynb"):
+        import base64
+        import hashlib
+
+        import cloudpickle
+
+        data = cloudpickle.dumps((flow_cls, graph))
+        return ["pickled", hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode()]
     if path.endswith(".py") and os.path.isfile(path):
         return ["file", os.path.abspath(path), flow_cls.__name__, decospecs]
     raise FlowbookError(
@@ -290,22 +301,19 @@ def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
 
 def load_flow(loader: list) -> tuple[type, FlowGraph]:
     """The flow class and graph a :func:`flow_loader` description names."""
+    if loader[0] == "pickled":
+        import base64
+
+        from ..datastore.pickling import cpickle
+
+        return cpickle.loads(base64.b64decode(loader[2]))
     from ..decorators import parse_decospec
     from ..graph import FlowGraph
+    from ..loader import load_flow_class
 
-    if loader[0] == "notebook":
-        from ..notebook.builder import build_flow
-        from ..notebook.cells import read_notebook
-
-        flow_cls, graph = build_flow(read_notebook(loader[1]))
-        decospecs = loader[2]
-    else:
-        from ..loader import load_flow_class
-
-        flow_cls = load_flow_class(loader[1], loader[2])
-        graph = FlowGraph.from_flow_class(flow_cls)
-        decospecs = loader[3]
-    graph.apply_decospecs([parse_decospec(d) for d in decospecs])
+    flow_cls = load_flow_class(loader[1], loader[2])
+    graph = FlowGraph.from_flow_class(flow_cls)
+    graph.apply_decospecs([parse_decospec(d) for d in loader[3]])
     return flow_cls, graph
 
 
@@ -439,7 +447,8 @@ class DaskExecutor(TaskExecutor):
                 raise DaskSetupError(
                     f"The Dask cluster at {self.address} has no workers."
                 ) from None
-        facts = self.client.run(worker_facts, [self.loader[1]])
+        paths = [self.loader[1]] if self.loader[0] == "file" else []
+        facts = self.client.run(worker_facts, paths)
         missing = [w for w, f in facts.items() if f["missing"]]
         if missing:
             raise DaskSetupError(
