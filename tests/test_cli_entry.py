@@ -25,6 +25,10 @@ def test_a_plain_run_is_read_with_its_defaults(monkeypatch):
         "parameters": {},
         "max_workers": 16,
         "max_num_splits": 100,
+        "executor": "local",
+        "dask_scheduler": None,
+        "dask_scheduler_file": None,
+        "allow_local_datastore": False,
         "run_id_file": None,
         "params_file": None,
     }
