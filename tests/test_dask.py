@@ -577,3 +577,35 @@ def test_a_notebook_runs_on_dask(tmp_path, dask_cluster, moto_s3, monkeypatch):
     assert f"Running tasks on Dask scheduler {dask_cluster.address}" in output
     assert "body 14" in output
     assert "total 42" in output
+
+
+RESOURCES = """
+from flowbook import FlowSpec, resources, step
+
+
+class ResourcesFlow(FlowSpec):
+    @resources(cpu=2, memory=1000, gpu=1)
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+"""
+
+
+def test_resources_map_to_the_dask_resources_the_workers_declare(tmp_path):
+    from flowbook.graph import FlowGraph
+    from flowbook.loader import load_flow_class
+    from flowbook.runtime.dask_executor import DaskExecutor
+
+    path = tmp_path / "resources_flow.py"
+    path.write_text(RESOURCES)
+    executor = DaskExecutor.__new__(DaskExecutor)
+    executor.graph = FlowGraph.from_flow_class(load_flow_class(str(path)))
+    executor.worker_resources = {"CPU", "MEMORY"}  # no worker declares GPU
+    assert executor._resources("start") == {"CPU": 2.0, "MEMORY": 1000.0 * 2**20}
+    assert executor._resources("end") is None
+    executor.worker_resources = set()  # workers without resources: nothing asked
+    assert executor._resources("start") is None
