@@ -194,20 +194,7 @@ def add_deploy_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> N
     @click.pass_context
     def create_command(ctx: click.Context, **options: Any) -> None:
         top = ctx.find_root().obj or {}
-        path = sys.argv[0] if sys.argv else ""
-        flow_file, flow_source = path, None
-        if path.endswith(".ipynb"):
-            from ..export.flowfile import flow_file_source
-            from ..notebook.cells import read_notebook
-
-            source = read_notebook(path, flow_name=graph.name)
-            blockers = notebook_blockers(source)
-            if blockers and not options["force"]:
-                raise FlowbookError(
-                    f"Not deploying notebook {path}: {blockers[0]}; define it in a %%setup "
-                    "cell or give --force."
-                )
-            flow_file, flow_source = None, flow_file_source(source)
+        flow_file, flow_source = what_to_deploy(graph, options["force"])
         create(
             flow_cls,
             graph,
@@ -249,31 +236,79 @@ def add_deploy_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> N
 def deploy_from_session(session: Any, words: list[str], echo: Any = print) -> list[dict]:
     """``%flow deploy argo-workflows [--only-json] [--force] [--max-workers N]
     [--image I] [--namespace NS] [--tag T] [--datastore URL]``."""
-    import argparse
-
-    from ..export.flowfile import flow_file_source
-    from ..notebook.builder import build_flow
-
     if words and words[0] == "step-functions":
         from .sfn_cmds import deploy_from_session as deploy_to_step_functions
 
         return [deploy_to_step_functions(session, words, echo)]
+
+    parser = deploy_parser(GROUP)
+    parser.add_argument("--image")
+    parser.add_argument("--namespace")
+    args = parser.parse_args(words)
+    flow_cls, graph, datastore, flow_source = session_flow(session, args)
+    return create(
+        flow_cls,
+        graph,
+        datastore=datastore,
+        decospecs=args.decospecs,
+        flow_source=flow_source,
+        max_workers=args.max_workers,
+        only_json=args.only_json,
+        image=args.image,
+        namespace=args.namespace,
+        tags=args.tags,
+        echo=echo,
+    )
+
+
+# ---------------------------------------------------------------------- shared by the targets
+def what_to_deploy(graph: FlowGraph, force: bool) -> tuple[str | None, str | None]:
+    """(flow file, flow source) of the command line's flow: the file itself, or a
+    notebook's exported flow, refused while a step uses a name only an exploration cell
+    defines (unless ``force``)."""
+    path = sys.argv[0] if sys.argv else ""
+    if not path.endswith(".ipynb"):
+        return path, None
+    from ..export.flowfile import flow_file_source
+    from ..notebook.cells import read_notebook
+
+    source = read_notebook(path, flow_name=graph.name)
+    blockers = notebook_blockers(source)
+    if blockers and not force:
+        raise FlowbookError(
+            f"Not deploying notebook {path}: {blockers[0]}; define it in a %%setup "
+            "cell or give --force."
+        )
+    return None, flow_file_source(source)
+
+
+def deploy_parser(target: str) -> Any:
+    """The argument parser of ``%flow deploy TARGET`` with the options every target
+    takes; a bad argument is a one-line FlowbookError."""
+    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str) -> None:
             raise FlowbookError(f"%flow deploy: {message}")
 
     parser = Parser(prog="%flow deploy", add_help=False)
-    parser.add_argument("target", choices=[GROUP, "step-functions"])
+    parser.add_argument("target", choices=[target])
     parser.add_argument("--only-json", action="store_true")
     parser.add_argument("--force", action="store_true")
     parser.add_argument("--max-workers", type=int, default=100)
-    parser.add_argument("--image")
-    parser.add_argument("--namespace")
     parser.add_argument("--datastore")
     parser.add_argument("--with", dest="decospecs", action="append", default=[])
     parser.add_argument("--tag", dest="tags", action="append", default=[])
-    args = parser.parse_args(words)
+    return parser
+
+
+def session_flow(session: Any, args: Any) -> tuple[type, FlowGraph, str | None, str]:
+    """(flow class, graph with ``--with``, datastore URL, exported source) of a kernel
+    session's flow for ``%flow deploy``; refused while a step uses a name only an
+    exploration cell defines (unless ``--force``)."""
+    from ..export.flowfile import flow_file_source
+    from ..notebook.builder import build_flow
+
     source = session.source()
     warnings = [w for cell in source.steps.values() for w in session.exploration_warnings(cell)]
     if warnings and not args.force:
@@ -286,16 +321,4 @@ def deploy_from_session(session: Any, words: list[str], echo: Any = print) -> li
     datastore = args.datastore or os.environ.get("FLOWBOOK_DATASTORE")
     if not datastore and getattr(session, "_datastore", None) is not None:
         datastore = session.datastore.url
-    return create(
-        flow_cls,
-        graph,
-        datastore=datastore,
-        decospecs=args.decospecs,
-        flow_source=flow_file_source(source),
-        max_workers=args.max_workers,
-        only_json=args.only_json,
-        image=args.image,
-        namespace=args.namespace,
-        tags=args.tags,
-        echo=echo,
-    )
+    return flow_cls, graph, datastore, flow_file_source(source)

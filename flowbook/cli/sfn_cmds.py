@@ -168,11 +168,10 @@ def trigger(flow_cls: type, graph: FlowGraph, given: dict[str, str], echo: Any =
 # ---------------------------------------------------------------------- click
 def add_sfn_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> None:
     """Add the ``step-functions`` group (create, trigger) to a flow's command line."""
-    import sys
 
     import click
 
-    from .deploy_cmds import notebook_blockers
+    from .deploy_cmds import what_to_deploy
     from .flow_cli import _option_key, _parameter_option
 
     @cli.group(GROUP, help="Deploy the flow to AWS Step Functions and run it there.")
@@ -202,20 +201,7 @@ def add_sfn_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> None
     @click.pass_context
     def create_command(ctx: click.Context, **options: Any) -> None:
         top = ctx.find_root().obj or {}
-        path = sys.argv[0] if sys.argv else ""
-        flow_file, flow_source = path, None
-        if path.endswith(".ipynb"):
-            from ..export.flowfile import flow_file_source
-            from ..notebook.cells import read_notebook
-
-            source = read_notebook(path, flow_name=graph.name)
-            blockers = notebook_blockers(source)
-            if blockers and not options["force"]:
-                raise FlowbookError(
-                    f"Not deploying notebook {path}: {blockers[0]}; define it in a %%setup "
-                    "cell or give --force."
-                )
-            flow_file, flow_source = None, flow_file_source(source)
+        flow_file, flow_source = what_to_deploy(graph, options["force"])
         create(
             flow_cls,
             graph,
@@ -254,44 +240,19 @@ def deploy_from_session(session: Any, words: list[str], echo: Any = print) -> di
     """``%flow deploy step-functions [--only-json] [--force] [--max-workers N]
     [--datastore URL] [--with DECO] [--tag T] [--iam-role R] [--batch-job-queue Q]
     [--image I] [--events-role R] [--dynamodb-table T] [--job-role R]``."""
-    import argparse
+    from .deploy_cmds import deploy_parser, session_flow
 
-    from ..export.flowfile import flow_file_source
-    from ..notebook.builder import build_flow
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
-            raise FlowbookError(f"%flow deploy: {message}")
-
-    parser = Parser(prog="%flow deploy", add_help=False)
-    parser.add_argument("target", choices=[GROUP])
-    parser.add_argument("--only-json", action="store_true")
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--max-workers", type=int, default=100)
-    parser.add_argument("--datastore")
-    parser.add_argument("--with", dest="decospecs", action="append", default=[])
-    parser.add_argument("--tag", dest="tags", action="append", default=[])
+    parser = deploy_parser(GROUP)
     for key, (_, option) in SETTINGS.items():
         parser.add_argument(option, dest=key)
     args = parser.parse_args(words)
-    source = session.source()
-    warnings = [w for cell in source.steps.values() for w in session.exploration_warnings(cell)]
-    if warnings and not args.force:
-        raise FlowbookError(f"Not deploying: {warnings[0]} (or give --force)")
-    flow_cls, graph = build_flow(source)
-    if args.decospecs:
-        from ..decorators import parse_decospec
-
-        graph.apply_decospecs([parse_decospec(text) for text in args.decospecs])
-    datastore = args.datastore or os.environ.get("FLOWBOOK_DATASTORE")
-    if not datastore and getattr(session, "_datastore", None) is not None:
-        datastore = session.datastore.url
+    flow_cls, graph, datastore, flow_source = session_flow(session, args)
     return create(
         flow_cls,
         graph,
         datastore=datastore,
         decospecs=args.decospecs,
-        flow_source=flow_file_source(source),
+        flow_source=flow_source,
         max_workers=args.max_workers,
         only_json=args.only_json,
         tags=args.tags,
