@@ -528,7 +528,7 @@ class LocalStorage(Storage):
 #: fsspec protocols whose file systems cache directory listings unless told not to.
 LISTING_CACHE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "abfs", "az", "adl")
 #: Large objects are read in ranges of this size, this many at once.
-PARALLEL_PART_SIZE = 16 * 2**20
+PARALLEL_PART_SIZE = 64 * 2**20
 PARALLEL_PARTS = 8
 
 
@@ -602,7 +602,9 @@ class FsspecStorage(Storage):
         return buffer
 
     def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
-        data = b"".join(bytes(c) if isinstance(c, memoryview) else c for c in chunks)
+        parts = list(chunks)
+        # one copy at most: bytes.join takes memoryviews as they are
+        data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         try:
             self.fs.pipe_file(self._full(path), data)
         except PermissionError as exc:
