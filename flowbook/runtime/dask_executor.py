@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from ..exceptions import FlowbookError
@@ -70,6 +71,7 @@ class DaskSetupError(FlowbookError):
 # ---------------------------------------------------------------------- worker side
 #: In a worker process: its warm task servers, by flow (see :class:`_WarmServer`).
 _SERVERS: dict[tuple, Any] = {}
+_SERVERS_LOCK = threading.Lock()
 #: In a worker process: the warm server running each submission token.
 _RUNNING: dict[str, Any] = {}
 #: In a worker process: datastores by URL (an S3 client is slow to make).
@@ -143,6 +145,11 @@ def _pickle(value: Any) -> bytes:
 
 
 def _server_for(loader: list, warm: list[str]) -> _WarmServer:
+    with _SERVERS_LOCK:  # worker threads share the servers
+        return _server_for_locked(loader, warm)
+
+
+def _server_for_locked(loader: list, warm: list[str]) -> _WarmServer:
     if loader[0] == "pickled":
         key: tuple = ("pickled", loader[1])
     else:
@@ -153,6 +160,14 @@ def _server_for(loader: list, warm: list[str]) -> _WarmServer:
         key = (repr(loader), stamp)
     server = _SERVERS.get(key)
     if server is None or server.lost or not server.client.alive():
+        for old_key, old in list(_SERVERS.items()):  # the flow file changed: retire
+            busy = any(running is old for running in _RUNNING.values())
+            if old_key[0] == key[0] and not busy:
+                del _SERVERS[old_key]
+                try:
+                    old.client.close()
+                except OSError:
+                    pass
         server = _SERVERS[key] = _WarmServer(loader, warm)
     server.warm(warm)
     return server
