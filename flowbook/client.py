@@ -473,6 +473,17 @@ class Task(_ClientObject):
         return stack[-1]["index"] if stack else None
 
     @property
+    def foreach_frames(self) -> list[dict]:
+        """The foreaches this task is in, outermost first: each its ``step``, ``index``,
+        ``num_splits``, the artifact it splits (``var``) and that list's blob (``sha``)."""
+        return [dict(frame) for frame in self._record.get("foreach_stack") or []]
+
+    @property
+    def status(self) -> str:
+        """'successful', 'failed', 'running' (started, no result yet) or 'unknown'."""
+        return self._record.get("status") or "unknown"
+
+    @property
     def origin_pathspec(self) -> str | None:
         return self._record.get("origin_pathspec")
 

@@ -129,15 +129,14 @@ class RunState:
         state = cls([s["name"] for s in run.graph], run.pathspec)
         for step in run:
             for task in step:
-                record = task._record  # the whole record: its foreach frame too
-                status = record.get("status")
+                frames = task.foreach_frames
                 state.step(step.id).tasks[task.id] = TaskState(
                     task.id,
-                    {"successful": DONE, "failed": FAILED}.get(status, RUNNING),
+                    {"successful": DONE, "failed": FAILED}.get(task.status, RUNNING),
                     task.current_attempt + 1,
-                    record.get("started_at"),
-                    record.get("finished_at"),
-                    foreach_frame(record),
+                    task.created_at,
+                    task.finished_at,
+                    frames[-1] if frames else None,
                 )
         state.finished = run.finished
         state.successful = run.successful if run.finished else None
