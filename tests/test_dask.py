@@ -417,14 +417,14 @@ def test_a_worker_killed_mid_task_fails_the_attempt_and_retry_runs_elsewhere(
     assert proc.returncode == 0, output
     assert f"the Dask worker {address} running task" in output, output
     assert "was lost" in output
-    assert "Task failed: killed by signal SIGKILL" in output
+    assert f"Task failed: its Dask worker {address} was lost" in output
     assert "Retrying: attempt 2 of 2" in output
     assert "survived on attempt 1" in output
     assert not psutil.pid_exists(task_pid) or psutil.Process(task_pid).status() == "zombie"
     with on_dask.client(monkeypatch) as client:
         task = client.Flow("LongOnceFlow").latest_run["start"].task
         assert task.successful
-        assert task.current_attempt == 1 if hasattr(task, "current_attempt") else True
+        assert task.current_attempt == 1
 
 
 def test_the_scheduler_going_away_fails_the_run_clearly(run_flow, moto_s3, tmp_path):

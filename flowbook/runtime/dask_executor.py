@@ -661,7 +661,9 @@ class DaskExecutor(TaskExecutor):
             pass
         return None
 
-    def _exited(self, submission: _Submission, code: int, results: list) -> None:
+    def _exited(
+        self, submission: _Submission, code: int, results: list, reason: str | None = None
+    ) -> None:
         if submission.exited:
             return
         submission.exited = True
@@ -669,7 +671,7 @@ class DaskExecutor(TaskExecutor):
         self._close_logs(submission)
         if self.submissions.get(submission.key) is submission:
             del self.submissions[submission.key]
-        results.append(TaskExited(submission.key, code))
+        results.append(TaskExited(submission.key, code, reason=reason))
 
     def _future_done(self, submission: _Submission, results: list) -> None:
         future = submission.future
@@ -711,16 +713,16 @@ class DaskExecutor(TaskExecutor):
                 submission.worker = self._worker_of(submission, {})
             if submission.worker != worker:
                 continue
-            self._note(
-                submission,
+            lost = (
                 f"the Dask worker {worker} running task {submission.spec.short_pathspec} "
-                f"(attempt {submission.spec.attempt}) was lost",
+                f"(attempt {submission.spec.attempt}) was lost"
             )
+            self._note(submission, lost)
             try:
                 submission.future.cancel()
             except Exception:
                 pass
-            self._exited(submission, -9, results)
+            self._exited(submission, -9, results, reason=f"its Dask worker {worker} was lost")
 
     def _stop_stray(self, submission: _Submission, message: dict) -> None:
         from . import signals

@@ -32,12 +32,16 @@ class TaskStarted(Plain):
 
 class TaskExited(Plain):
     """The task ``key`` ended: ``code`` is its exit code, or minus the number of the
-    signal that killed it (as ``os.waitstatus_to_exitcode`` gives it)."""
+    signal that killed it (as ``os.waitstatus_to_exitcode`` gives it). ``reason``
+    says why when the executor knows better than the code (a lost worker)."""
 
-    def __init__(self, key: str, code: int, pid: int | None = None) -> None:
+    def __init__(
+        self, key: str, code: int, pid: int | None = None, reason: str | None = None
+    ) -> None:
         self.key = key
         self.code = code
         self.pid = pid
+        self.reason = reason
 
 
 class ExecutorLost(FlowbookError):

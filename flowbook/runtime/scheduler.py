@@ -106,6 +106,7 @@ class RunningTask(Plain):
         self.spec = spec
         self.pid: int | None = None
         self.has_started = False  # the executor said so
+        self.exit_reason: str | None = None  # what the executor knows of the end
         self.started = time.time()
         self.tails = tails
         self.deadline: float | None = None
@@ -256,6 +257,7 @@ class Scheduler:
         else:
             task.pid = task.pid or event.pid
             task.has_started = True
+            task.exit_reason = event.reason
             self._finish(task, event.code)
 
     def _tail_logs(self, only: RunningTask | None = None, final: bool = False) -> None:
@@ -374,6 +376,8 @@ class Scheduler:
         settings = self.settings[spec.step]
         if task.timed_out:
             reason = f"timed out after {settings['timeout']:g} s (@timeout)"
+        elif task.exit_reason:
+            reason = task.exit_reason
         elif code < 0:
             import signal  # only to name the signal
 
