@@ -246,6 +246,7 @@ OPTIONS: tuple[Option, ...] = (
         metavar="local|dask",
         help="Where tasks run: local (processes of this machine) or dask (a Dask "
         "cluster: --dask-scheduler, else a local one started for the run)",
+        notebook=True,
     ),
     Option(
         "--dask-scheduler",
@@ -253,12 +254,14 @@ OPTIONS: tuple[Option, ...] = (
         env=("FLOWBOOK_DASK_SCHEDULER",),
         metavar="ADDRESS",
         help="The Dask scheduler for --executor dask (tcp://host:8786, or a scheduler file)",
+        notebook=True,
     ),
     Option(
         "--dask-scheduler-file",
         "dask_scheduler_file",
         metavar="FILE",
         help="The Dask scheduler's scheduler file, for --executor dask.",
+        notebook=True,
     ),
     Option(
         "--allow-local-datastore",
@@ -268,6 +271,7 @@ OPTIONS: tuple[Option, ...] = (
         negative="--no-allow-local-datastore",
         help="With --executor dask, use a local datastore directory even when workers "
         "run on other hosts (the directory is shared with them).",
+        notebook=True,
     ),
     Option(
         "--run-id-file",

@@ -609,3 +609,52 @@ def test_resources_map_to_the_dask_resources_the_workers_declare(tmp_path):
     assert executor._resources("end") is None
     executor.worker_resources = set()  # workers without resources: nothing asked
     assert executor._resources("start") is None
+
+
+def test_flow_run_in_a_kernel_runs_on_dask(tmp_path, dask_cluster, monkeypatch):
+    """``%flow run --executor dask`` in a real kernel: the notebook's flow travels to the
+    workers by value, the live panel follows the run, the results come back."""
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [
+        nbformat.v4.new_code_cell(source)
+        for source in [
+            "%load_ext flowbook\n%flow name KernelOnDask",
+            "%%setup\nFACTOR = 5",
+            "%%step start --next body --foreach items\nself.items = [1, 2, 3]",
+            "%%step body --next join\nself.v = self.input * FACTOR",
+            "%%step join --next end --join\nself.total = sum(i.v for i in inputs)",
+            "%%step end\nprint('total', self.total)",
+            f"%flow run --executor dask --dask-scheduler {dask_cluster.address}",
+            "print(flow.last_run.data.total, flow.last_run.successful)",
+        ]
+    ]
+    for key in [k for k in os.environ if k.startswith(("FLOWBOOK_", "METAFLOW_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("FLOWBOOK_DATASTORE", str(tmp_path / ".flowbook"))
+    monkeypatch.setenv("USER", TEST_USER)
+    NotebookClient(nb, kernel_name="python3", timeout=180, allow_errors=True).execute(
+        cwd=str(tmp_path)
+    )
+
+    def text(index: int) -> str:
+        outputs = nb.cells[index].outputs
+        errors = [o["evalue"] for o in outputs if o.output_type == "error"]
+        assert not errors, errors
+        return "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+
+    run_output = text(6)
+    assert f"Running tasks on Dask scheduler {dask_cluster.address}" in run_output, run_output
+    assert text(7).split() == ["30", "True"], text(7)
+    from flowbook.client import Flow
+
+    run = Flow("KernelOnDask", datastore=str(tmp_path / ".flowbook"), namespace=None).latest_run
+    assert run.successful and run.data.total == 30
+    assert len(list(run["body"])) == 3

@@ -132,12 +132,19 @@ class FlowbookMagics(Magics):
         if flow_class:
             return self._run_class(flow_class, settings)
         console = NotebookConsole(quiet=settings["quiet"])
+        executor_keys = (
+            "executor",
+            "dask_scheduler",
+            "dask_scheduler_file",
+            "allow_local_datastore",
+        )
         run = lambda: self.session.run_flow(  # noqa: E731
             settings["parameters"],
             console,
             max_workers=settings["max_workers"],
             max_num_splits=settings["max_num_splits"],
             tags=settings["tags"],
+            executor_settings={key: settings.get(key) for key in executor_keys},
         )
         if settings["quiet"]:
             return self._finish(run())

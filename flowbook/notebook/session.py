@@ -270,8 +270,13 @@ class NotebookSession:
         origin_run_id: str | None = None,
         resume_step: str | None = None,
         tags: list[str] | None = None,
+        executor_settings: dict[str, Any] | None = None,
     ):
-        """Run the whole notebook flow as a new run (or resume one); returns the outcome."""
+        """Run the whole notebook flow as a new run (or resume one); returns the outcome.
+
+        ``executor_settings`` (``executor``, ``dask_scheduler``, ...: the options of
+        ``%flow run``) may send the tasks to a Dask cluster instead of the kernel's
+        task server; the flow then travels to the workers pickled by value."""
         from ..parameters import convert_given, flow_parameters, resolve_parameters
         from ..runtime.launch import run_flow
 
@@ -281,17 +286,23 @@ class NotebookSession:
             values = convert_given(self.flow_name, parameters, given)
         else:
             values = resolve_parameters(self.flow_name, parameters, given, environ={})
-        executor = self.executor
-        executor.define(flow_cls, graph, _sources())
+        settings = dict(executor_settings or {})
+        kind = settings.get("executor") or os.environ.get("FLOWBOOK_EXECUTOR") or "local"
+        executor = None
+        if kind == "local":
+            executor = self.executor
+            executor.define(flow_cls, graph, _sources())
         outcome = run_flow(
             flow_cls,
             graph,
             values,
+            datastore_url=self.datastore.url,
             max_workers=max_workers,
             max_num_splits=max_num_splits,
             tags=tags,
             console=console,
             executor=executor,
+            executor_settings=settings,
             resume=resume,
             origin_run_id=origin_run_id,
             resume_step=resume_step,

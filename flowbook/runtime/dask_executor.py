@@ -297,7 +297,8 @@ def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
         f"{d.name}:" + ",".join(f"{k}={v!r}" for k, v in d.attributes.items())
         for d in graph.cli_decorators
     ]
-    if path.endswith(".ipynb"):
+    # a notebook's flow (notebook/builder.py marks it), headless or from a kernel
+    if path.endswith(".ipynb") or "_flowbook_graph" in vars(flow_cls):
         import base64
         import hashlib
 
