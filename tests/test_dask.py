@@ -652,6 +652,8 @@ def test_flow_run_in_a_kernel_runs_on_dask(tmp_path, dask_cluster, monkeypatch):
 
     run_output = text(6)
     assert f"Running tasks on Dask scheduler {dask_cluster.address}" in run_output, run_output
+    widget_state = json.dumps(nb.metadata.get("widgets", {}))  # the live panel, as saved
+    assert ">Dask dashboard</a>" in widget_state
     assert text(7).split() == ["30", "True"], text(7)
     from flowbook.client import Flow
 

@@ -377,6 +377,20 @@ def test_a_live_run_shows_its_state_and_run_from_its_first_event(run_flow, clien
     )
 
 
+def test_a_run_on_a_cluster_links_its_dashboard(run_flow, client):
+    from flowbook.widgets import FlowPanel, RunState
+    from flowbook.widgets.panel import graph_of_run
+
+    assert run_flow(FLOW, "run").returncode == 0
+    run = client.Flow("PanelFlow").latest_run
+    panel = FlowPanel(graph_of_run(run), RunState([s["name"] for s in run.graph]), run.datastore)
+    assert "dashboard" not in panel.title.value
+    link = "http://127.0.0.1:8787/status?a=1&b=2"
+    panel.on_event("run_seeded", {"pathspec": run.pathspec, "queued": 1, "dashboard": link})
+    assert "href='http://127.0.0.1:8787/status?a=1&amp;b=2'" in panel.title.value
+    assert ">Dask dashboard</a>" in panel.title.value
+
+
 def test_flow_ui_at_the_top_opens_empty_and_follows_the_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOWBOOK_DATASTORE", str(tmp_path / ".flowbook"))
     cells = [

@@ -72,6 +72,9 @@ class TaskExecutor:
         already exited, or has not started, is left alone (its exit still comes)."""
         raise NotImplementedError
 
+    #: Where a person can watch the tasks (a cluster's dashboard), if anywhere.
+    dashboard_link: str | None = None
+
     def warm(self, module: str) -> None:
         """A hint: tasks turned out to import ``module``; preload it for later ones."""
 

@@ -176,7 +176,11 @@ class Scheduler:
         else:
             self._to_child("start", None, [])
         queued = sum(p.remaining if isinstance(p, PendingSplits) else 1 for p in self.queue)
-        self.on_event("run_seeded", {"queued": queued, "pathspec": f"{self.flow}/{self.run_id}"})
+        seeded = {"queued": queued, "pathspec": f"{self.flow}/{self.run_id}"}
+        dashboard = getattr(self.executor, "dashboard_link", None)  # a cluster's, if any
+        if dashboard:
+            seeded["dashboard"] = dashboard
+        self.on_event("run_seeded", seeded)
         try:
             self._loop()
         except KeyboardInterrupt as exc:

@@ -182,6 +182,7 @@ class FlowPanel(widgets.VBox):
         self._frames_read: set[tuple[str, str, str]] = set()
         self._auto_load_name = ""  # the name the Load box was given for the last selection
         self.title = widgets.HTML()
+        self.dashboard: str | None = None  # the cluster's, while a run on one is shown
         self.dag = widgets.HTML()
         self.dag.add_class("flowbook-dag")
         self.status = widgets.HTML()
@@ -203,9 +204,16 @@ class FlowPanel(widgets.VBox):
         self._last_refresh = now
         flow, _, run_id = (self.state.pathspec or "").partition("/")
         run = f" run <code class='flowbook-run-id'>{escape(run_id)}</code>" if run_id else ""
+        dashboard = ""
+        if self.dashboard:
+            link = escape(self.dashboard, quote=True)
+            dashboard = (
+                f" <a class='flowbook-dashboard' href='{link}' target='_blank'>Dask dashboard</a>"
+            )
         self.title.value = (
             f"<b class='flowbook-title'>{escape(flow or self.graph.name)}</b>{run} "
             + outcome_chip(self.state.outcome())
+            + dashboard
         )
         self.dag.value = dag_html(self.graph, self.state)
         self._read_frames()
@@ -221,6 +229,7 @@ class FlowPanel(widgets.VBox):
         if kind == "run_seeded":  # the run exists now: the title and run picker show it
             if info.get("pathspec") and not self.state.pathspec:
                 self.state.pathspec = info["pathspec"]
+            self.dashboard = info.get("dashboard") or self.dashboard
             self.state.started = True
             self.refresh(force=True)
             return
