@@ -231,5 +231,7 @@ def test_a_kernels_stop_prints_nothing_of_flowbooks_internals(tmp_path):
         timeout=240,
     )
     assert result.returncode == 0, result.stderr
-    for needle in (TRACEBACK, "KeyboardInterrupt"):
+    # (on a loaded machine jupyter_client may interrupt a kernel slow to stop, and
+    # ipykernel then logs its own one line "KeyboardInterrupt caught in kernel")
+    for needle in (TRACEBACK, "flowbook/runtime", "_run_spare"):
         assert needle not in result.stdout + result.stderr, result.stderr
