@@ -5,7 +5,7 @@ VENV ?= .venv
 BOOTSTRAP_PYTHON ?= python3
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
-# pytest workers: tests of one file share a worker (module-scoped kernels, servers)
+# pytest workers; idle workers take queued tests from busy ones (worksteal)
 PYTEST_WORKERS ?= 2
 
 # graphviz: `dot` draws DAGs (a text fallback exists); chromium: the browser tests.
@@ -61,7 +61,7 @@ format: install-test
 
 # The whole test suite (pytest's exit code 5, "no tests ran", fails too).
 test: system-packages-test install-test lint
-	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile
+	$(PYTHON) -m pytest tests -n $(PYTEST_WORKERS) --dist worksteal
 
 bench: install
 	$(PYTHON) benchmarks/run.py
