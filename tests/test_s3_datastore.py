@@ -105,3 +105,35 @@ def test_a_missing_bucket_is_one_line_before_anything_runs(s3_env, tmp_path):
     assert "Traceback" not in run.stderr
     assert "s3://no-such-bucket-here/ds" in run.stderr
     assert "Workflow starting" not in run.stdout
+
+
+def test_forked_tasks_share_the_parsed_s3_model(moto_s3, monkeypatch):
+    """Every S3 datastore of a process uses one botocore session, made before the task
+    server forks, so a task's client does not parse S3's service model again."""
+    from conftest import MOTO_BUCKET
+
+    from flowbook.datastore import storage
+
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    first = storage.open_storage(f"s3://{MOTO_BUCKET}/shared-a")
+    first.write_bytes("x.json", b"{}")
+    session = storage._s3_session()
+    assert first.fs.session is session
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a task: a new datastore object, the parent's session
+        code = 1
+        try:
+            child = storage.open_storage(f"s3://{MOTO_BUCKET}/shared-b")
+            child.write_bytes("y.json", b"{}")
+            same = child.fs.session is session and child.fs is not first.fs
+            os.write(write, b"yes" if same else b"no")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    answer = os.read(read, 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and answer == b"yes"
+    assert storage.open_storage(f"s3://{MOTO_BUCKET}/shared-b").read_bytes("y.json") == b"{}"
