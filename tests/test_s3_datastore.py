@@ -80,7 +80,8 @@ def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
             "run = Flow('ForeachFlow').latest_run\n"
             "print(run.successful, run.data.best)\n"
             "print(sorted(t.data.score for t in run['analyze_creatures']))\n"
-            "print(sorted(t.stdout.strip() for t in run['analyze_creatures']))\n",
+            "print(sorted(t.stdout.strip() for t in run['analyze_creatures']))\n"
+            "print(repr(run['start'].task.stderr), repr(run['start'].task.stdout))\n",
         ],
         cwd=tmp_path,
         env=env,
@@ -92,6 +93,7 @@ def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
     assert lines[0] == "True mouse"
     assert lines[1] == "[3, 4, 5]"
     assert lines[2] == "['Analyzing bird', 'Analyzing dog', 'Analyzing mouse']"
+    assert lines[3] == "'' ''"  # empty logs are not uploaded and read as empty
 
 
 def test_a_missing_bucket_is_one_line_before_anything_runs(s3_env, tmp_path):

@@ -342,11 +342,16 @@ def _flush_output() -> None:
 
 
 def _upload_logs(datastore: Datastore, spec: TaskSpec) -> None:
+    """Copy the attempt's local log spool to a remote datastore. An empty log is not
+    uploaded (a missing log reads as empty): most tasks print nothing on stderr, and
+    on S3 each object is a request."""
     for kind, path in (("stdout", spec.stdout_path), ("stderr", spec.stderr_path)):
         try:
             with open(path, "rb") as handle:
                 data = handle.read()
         except OSError:
+            continue
+        if not data:
             continue
         datastore.storage.write_bytes(
             datastore.attempt_file(
