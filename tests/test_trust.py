@@ -269,6 +269,9 @@ def test_a_new_datastore_and_its_directories_are_never_world_writable(tmp_path):
         store = LocalStorage(str(tmp_path / ".flowbook"))
         store.write_bytes("flows/SomeFlow/1/start/1/0.start.json", b"{}")
         store.write_bytes("blobs/ab/abcdef", b"data")
+        from flowbook.datastore import Datastore
+
+        Datastore(storage=store).new_run_id("NewFlow")  # flows/NewFlow/<run id>/
     finally:
         os.umask(old)
     made = [Path(store.root)] + [p for p in Path(store.root).rglob("*")]

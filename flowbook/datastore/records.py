@@ -31,7 +31,7 @@ from .. import jsonio
 from ..exceptions import CorruptBlobError, CorruptRecordError
 from ..names import check, is_valid
 from .blobs import BlobStore, MappedBlob, type_name
-from .storage import Storage, open_storage
+from .storage import DIR_MODE, Storage, make_dirs, open_storage
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -245,9 +245,9 @@ class Datastore:
     def _claim_run(self, flow: str, run_id: str) -> bool:
         if self.storage.is_local:
             path = self.storage.local_path(self.run_path(flow, run_id))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            make_dirs(os.path.dirname(path))  # never world-writable, whatever the umask
             try:
-                os.mkdir(path)
+                os.mkdir(path, DIR_MODE)
             except FileExistsError:
                 return False
             return True
