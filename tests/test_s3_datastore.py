@@ -3,68 +3,24 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
+import uuid
 
 import pytest
-from conftest import example_source
+from conftest import MOTO_BUCKET, example_source
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_env():
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = dict(
-        os.environ,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-        USER="tester",
-    )
-    try:
-        deadline = time.time() + 20
-        while True:
-            if server.poll() is not None:
-                pytest.fail("moto's S3 server exited at start")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("moto's S3 server did not start")
-                time.sleep(0.1)
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import boto3; boto3.client('s3').create_bucket(Bucket='flowbook-test')",
-            ],
-            env=env,
-            check=True,
-        )
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+@pytest.fixture
+def s3_env(moto_s3):
+    """The environment of a process that reaches the session's moto S3 server."""
+    return dict(os.environ, **moto_s3, USER="tester")
 
 
 def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
     flow = tmp_path / "foreach.py"
     flow.write_text(example_source("foreach"))
-    env = dict(s3_env, FLOWBOOK_DATASTORE="s3://flowbook-test/ds")
+    env = dict(s3_env, FLOWBOOK_DATASTORE=f"s3://{MOTO_BUCKET}/{uuid.uuid4().hex[:8]}")
     run = subprocess.run(
         [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
     )
