@@ -36,6 +36,12 @@ _TRUE = {"1", "true", "t", "yes", "y", "on"}
 _FALSE = {"0", "false", "f", "no", "n", "off"}
 
 
+def parameter_env_name(name: str) -> str:
+    """The environment variable that gives parameter ``name`` a value:
+    ``FLOWBOOK_RUN_<NAME>`` (dashes become underscores)."""
+    return "FLOWBOOK_RUN_" + name.upper().replace("-", "_")
+
+
 class ParameterContext(Plain):
     """What a deploy-time parameter function (``default=callable``) is called with."""
 
@@ -96,7 +102,7 @@ class Parameter:
 
     def env_names(self) -> list[str]:
         key = self.name.upper().replace("-", "_")
-        return [f"FLOWBOOK_RUN_{key}", f"METAFLOW_RUN_{key}"]
+        return [parameter_env_name(self.name), f"METAFLOW_RUN_{key}"]
 
     def convert(self, value: Any, flow_name: str = "") -> Any:
         """Turn a command-line string (or a Python value) into the parameter's type."""

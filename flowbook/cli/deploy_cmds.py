@@ -15,6 +15,7 @@ import os
 import sys
 
 from ..exceptions import FlowbookError
+from ..export.common import DEFAULT_MAX_WORKERS
 from ..graph import FlowGraph
 from ..parameters import flow_parameters
 
@@ -184,7 +185,7 @@ def add_deploy_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> N
         pass
 
     @group.command(help="Compile the flow to a WorkflowTemplate and deploy it.")
-    @click.option("--max-workers", type=click.IntRange(min=1), default=100, show_default=True,
+    @click.option("--max-workers", type=click.IntRange(min=1), default=DEFAULT_MAX_WORKERS, show_default=True,
                   help="How many tasks run at once in a workflow.")  # fmt: skip
     @click.option("--only-json", is_flag=True, help="Print the documents as JSON; contact nothing.")
     @click.option("--image", default=None, help="The container image (with flowbook installed).")
@@ -295,7 +296,7 @@ def deploy_parser(target: str) -> Any:
     parser.add_argument("target", choices=[target])
     parser.add_argument("--only-json", action="store_true")
     parser.add_argument("--force", action="store_true")
-    parser.add_argument("--max-workers", type=int, default=100)
+    parser.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS)
     parser.add_argument("--datastore")
     parser.add_argument("--with", dest="decospecs", action="append", default=[])
     parser.add_argument("--tag", dest="tags", action="append", default=[])

@@ -15,6 +15,7 @@ import json
 import os
 
 from ..exceptions import FlowbookError
+from ..export.common import DEFAULT_MAX_WORKERS
 from ..graph import FlowGraph
 from ..parameters import flow_parameters
 
@@ -179,7 +180,7 @@ def add_sfn_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> None
         pass
 
     @group.command(help="Compile the flow to a state machine and deploy it.")
-    @click.option("--max-workers", type=click.IntRange(min=1), default=100, show_default=True,
+    @click.option("--max-workers", type=click.IntRange(min=1), default=DEFAULT_MAX_WORKERS, show_default=True,
                   help="How many tasks of a foreach run at once.")  # fmt: skip
     @click.option(
         "--only-json", is_flag=True, help="Print the definition as JSON; contact nothing."

@@ -36,7 +36,8 @@ from ..deploy.naming import (
 from ..deploy.schedule import schedule_cron, schedule_of
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
-from ..parameters import JSONType, flow_parameters
+from ..parameters import JSONType, flow_parameters, parameter_env_name
+from .common import DEFAULT_MAX_WORKERS, DeploySettings, parameter_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,13 +52,13 @@ RUN_ID = "argo-{{workflow.name}}"
 PARAMETERS_TASK = "params"
 #: The user name runs on Argo record.
 ARGO_USER = "argo-workflows"
-DEFAULT_MAX_WORKERS = 100
 DEFAULT_IMAGE = "python:3.11"
 LABEL = "flowbook.io/flow"
 
 
-class ArgoSettings:
-    """What a deployment needs besides the flow: image, namespace, datastore, package."""
+class ArgoSettings(DeploySettings):
+    """What an Argo deployment needs besides the flow: the shared settings, plus the
+    container image, the Kubernetes namespace and who deployed it."""
 
     def __init__(
         self,
@@ -72,18 +73,10 @@ class ArgoSettings:
         deployer: str = "unknown",
         env: dict[str, str] | None = None,
     ) -> None:
-        if max_workers < 1:
-            raise FlowbookError(f"--max-workers must be at least 1, got {max_workers}.")
-        self.datastore = datastore
-        self.package_key = package_key
-        self.package_sha = package_sha
+        super().__init__(datastore, package_key, package_sha, max_workers, decospecs, tags, env)
         self.image = image
         self.namespace = namespace
-        self.max_workers = max_workers
-        self.decospecs = list(decospecs or [])
-        self.tags = list(tags or [])
         self.deployer = deployer
-        self.env = dict(env or {})
 
 
 def template_name_of(flow_name: str) -> str:
@@ -102,15 +95,6 @@ def production_token(flow_name: str, namespace: str, datastore: str) -> str:
 
 
 # ---------------------------------------------------------------------- parameters
-def parameter_text(value: Any, is_json: bool) -> str:
-    """A parameter's value as an Argo parameter (text, as on the command line)."""
-    if is_json and not isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def workflow_parameters(flow_cls: type) -> list[dict[str, Any]]:
     """``spec.arguments.parameters``: every parameter with its default (a deploy-time
     function called now, once), checked by the parameter's own conversion."""
@@ -133,10 +117,6 @@ def workflow_parameters(flow_cls: type) -> list[dict[str, Any]]:
             entry["value"] = ""
         found.append(entry)
     return found
-
-
-def parameter_env_name(name: str) -> str:
-    return "FLOWBOOK_RUN_" + name.upper().replace("-", "_")
 
 
 # ---------------------------------------------------------------------- templates

@@ -44,8 +44,8 @@ from ..deploy.naming import MAX_AWS_NAME, aws_name, short_hash
 from ..deploy.schedule import schedule_aws_cron, schedule_of
 from ..exceptions import FlowbookError
 from ..graph import FlowGraph
-from ..parameters import JSONType, flow_parameters
-from .argo import parameter_env_name, parameter_text
+from ..parameters import JSONType, flow_parameters, parameter_env_name
+from .common import DEFAULT_MAX_WORKERS, DeploySettings, parameter_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ DYNAMODB_GET_ITEM = "arn:aws:states:::dynamodb:getItem"
 PARAMETERS_TASK = "params"
 #: The user name runs on Step Functions record.
 SFN_USER = "step-functions"
-DEFAULT_MAX_WORKERS = 100
 #: Batch refuses a shorter attempt timeout.
 MIN_BATCH_TIMEOUT = 60
 #: The execution input a schedule sends.
@@ -81,9 +80,10 @@ ENV_FOREACH_JOIN = "FLOWBOOK_SFN_FOREACH_OUTPUTS"
 ENV_REASON = "FLOWBOOK_SFN_REASON"
 
 
-class SfnSettings:
-    """What a deployment needs besides the flow: datastore, package, Batch queue and
-    job definition, the DynamoDB table for foreach cardinalities."""
+class SfnSettings(DeploySettings):
+    """What a Step Functions deployment needs besides the flow: the shared settings,
+    plus the Batch queue and job definition, the DynamoDB table for foreach
+    cardinalities and the region."""
 
     def __init__(
         self,
@@ -99,19 +99,11 @@ class SfnSettings:
         region: str | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
-        if max_workers < 1:
-            raise FlowbookError(f"--max-workers must be at least 1, got {max_workers}.")
-        self.datastore = datastore
-        self.package_key = package_key
-        self.package_sha = package_sha
+        super().__init__(datastore, package_key, package_sha, max_workers, decospecs, tags, env)
         self.job_queue = job_queue
         self.job_definition = job_definition
         self.dynamodb_table = dynamodb_table
-        self.max_workers = max_workers
-        self.decospecs = list(decospecs or [])
-        self.tags = list(tags or [])
         self.region = region
-        self.env = dict(env or {})
 
 
 def state_machine_name(flow_name: str) -> str:
