@@ -8,9 +8,16 @@ PIP := $(PYTHON) -m pip
 # pytest workers; idle workers take queued tests from busy ones (worksteal)
 PYTEST_WORKERS ?= 2
 
-# graphviz: `dot` draws DAGs (a text fallback exists); chromium: the browser tests.
+# graphviz: `dot` draws DAGs (a text fallback exists); chromium: the browser tests;
+# nodejs (20 or newer): builds the JupyterLab extension (extension/) the browser tests use.
 DEMO_SYSTEM_PACKAGES = graphviz
-TEST_SYSTEM_PACKAGES = graphviz chromium
+TEST_SYSTEM_PACKAGES = graphviz chromium nodejs
+VENV_BIN = $(abspath $(VENV))/bin
+EXTENSION_SOURCES := extension/package.json extension/yarn.lock extension/tsconfig.json \
+	extension/install.json $(wildcard extension/src/*.ts extension/style/*)
+# pip's build hook (hatch-jupyter-builder) would build the extension again: the
+# Makefile builds it itself (make test), or goes without it (make demo needs no node).
+NO_NPM := HATCH_JUPYTER_BUILDER_SKIP_NPM=1
 
 .PHONY: install install-test demo test lint format bench system-packages-demo system-packages-test
 
@@ -30,11 +37,21 @@ $(PYTHON):
 	$(PIP) install -q -U pip
 
 $(VENV)/.installed: pyproject.toml | $(PYTHON)
-	$(PIP) install -q -e .
+	$(NO_NPM) $(PIP) install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(PYTHON)
-	$(PIP) install -q -e '.[test]'
+# The extension is built into flowbook/labextension first; the editable install then
+# copies it to .venv/share/jupyter/labextensions/flowbook, where JupyterLab finds it.
+$(VENV)/.installed-test: pyproject.toml $(EXTENSION_SOURCES) | $(PYTHON)
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || \
+	  { echo "make test: install Node.js 20 or newer (node), which builds the JupyterLab extension"; exit 1; }
+	$(PIP) install -q jupyterlab
+	@echo "building the JupyterLab extension (extension/ -> flowbook/labextension)"
+	@cd extension && for step in "install --immutable" "build:prod"; do \
+	  PATH="$(VENV_BIN):$$PATH" jlpm $$step > "$(VENV_BIN)/../extension-build.log" 2>&1 || \
+	    { tail -n 40 "$(VENV_BIN)/../extension-build.log"; echo "jlpm $$step failed"; exit 1; }; \
+	done
+	$(NO_NPM) $(PIP) install -q -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
