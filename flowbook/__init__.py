@@ -41,6 +41,7 @@ _EXPORTS = {
     "catch": "flowbook.decorators",
     "timeout": "flowbook.decorators",
     "resources": "flowbook.decorators",
+    "reuse": "flowbook.decorators",
     "schedule": "flowbook.decorators",
 }
 

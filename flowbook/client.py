@@ -358,6 +358,19 @@ class Run(_ClientObject):
         status = self._status
         return list(status.get("failures", [])) if status else []
 
+    def explain(self) -> list[str]:
+        """One line per task, in step order: whether it was reused, cloned or ran, and
+        why (``flowbook explain``, ``%flow explain``)."""
+        lines = []
+        for step in reversed(list(self.steps())):
+            for task in step:
+                try:
+                    decision = task.decision
+                except CorruptRecordError as exc:
+                    decision = f"unreadable record ({exc})"
+                lines.append(f"{step.id}/{task.id}: {decision}")
+        return lines
+
 
 class Step(_ClientObject):
     """One step of a run: its tasks (several for a foreach)."""
@@ -488,12 +501,45 @@ class Task(_ClientObject):
         return self._record.get("origin_pathspec")
 
     @property
+    def reused_from(self) -> str | None:
+        """The earlier task whose result this one reused (``--reuse``), or None."""
+        return self._record.get("reused_from")
+
+    @property
+    def run_reason(self) -> str | None:
+        """Why the task was reused or ran, as the run printed it: ``reused from
+        RUN/STEP/TASK (same code, inputs and parameters)``, ``runs (parameter alpha
+        0.1 -> 0.2)``; None when its run did not use ``--reuse``."""
+        return self._record.get("run_reason")
+
+    @property
+    def decision(self) -> str:
+        """How this task came to be, in a few words (what ``explain`` prints)."""
+        record = self._record
+        if record.get("run_reason"):
+            return record["run_reason"]
+        if record.get("origin_pathspec"):
+            return f"cloned by resume from {record['origin_pathspec']}"
+        if record.get("status") == "running":
+            return "running (reuse was off)"
+        return "ran (reuse was off)"
+
+    @property
     def parent_task_pathspecs(self) -> list[str]:
         return list(self._record.get("parents", []))
 
     @property
     def metadata_dict(self) -> dict[str, Any]:
-        keep = ("attempt", "pid", "started_at", "finished_at", "status", "origin_pathspec")
+        keep = (
+            "attempt",
+            "pid",
+            "started_at",
+            "finished_at",
+            "status",
+            "origin_pathspec",
+            "reused_from",
+            "run_reason",
+        )
         return {k: self._record.get(k) for k in keep if k in self._record}
 
     def _log(self, stream: str) -> str:

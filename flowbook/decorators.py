@@ -1,4 +1,4 @@
-"""Step decorators (``@retry``, ``@catch``, ``@timeout``, ``@resources``) and ``@schedule``.
+"""Step decorators (``@retry``, ``@catch``, ``@timeout``, ``@resources``, ``@reuse``) and ``@schedule``.
 
 A decorator does not wrap the step: it records a :class:`DecoratorSpec` on the step
 function, which the graph carries to the scheduler (retries, timeouts, catch) and to
@@ -23,6 +23,7 @@ STEP_DECORATOR_DEFAULTS: dict[str, dict[str, Any]] = {
     "catch": {"var": None, "print_exception": True},
     "timeout": {"seconds": 0, "minutes": 0, "hours": 0},
     "resources": {"cpu": 1, "gpu": None, "memory": 4096, "disk": None},
+    "reuse": {"enabled": True},
 }
 
 
@@ -68,6 +69,16 @@ retry = _make_step_decorator("retry")
 catch = _make_step_decorator("catch")
 timeout = _make_step_decorator("timeout")
 resources = _make_step_decorator("resources")
+_reuse = _make_step_decorator("reuse")
+
+
+def reuse(enabled: Any = True, **attributes: Any) -> Any:
+    """``@reuse(False)``: never reuse this step's earlier results (``--reuse``); for a
+    step that reads the clock, the network or data outside the flow. ``@reuse`` and
+    ``@reuse(True)`` are the default."""
+    if callable(enabled):  # bare @reuse
+        return _reuse(enabled)
+    return _reuse(enabled=bool(enabled), **attributes)
 
 
 def schedule(
@@ -130,6 +141,7 @@ def step_settings(decorators: list[DecoratorSpec], step_name: str) -> dict[str, 
         "retry_delay": 0.0,
         "timeout": None,
         "catch": None,
+        "reuse": True,
     }
     for spec in decorators:
         attrs = spec.attributes
@@ -144,6 +156,8 @@ def step_settings(decorators: list[DecoratorSpec], step_name: str) -> dict[str, 
                     + 3600 * float(attrs["hours"] or 0)
                 )
                 settings["timeout"] = seconds if seconds > 0 else None
+            elif spec.name == "reuse":
+                settings["reuse"] = bool(attrs.get("enabled", True))
             elif spec.name == "catch":
                 settings["catch"] = {
                     "var": attrs.get("var"),

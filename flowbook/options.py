@@ -184,6 +184,18 @@ OPTIONS: tuple[Option, ...] = (
         help="The run to resume (default: your latest run of this flow).",
     ),
     Option(
+        "--reuse",
+        "reuse",
+        bool,
+        False,
+        negative="--no-reuse",
+        env=("FLOWBOOK_RUN_REUSE",),
+        notebook=True,
+        help="Reuse the result of an earlier task of this flow instead of running a task "
+        "when its code, the inputs it read and its parameters are the same; say why "
+        "each step runs (docs/reuse.md)",
+    ),
+    Option(
         "--run-id",
         "run_id",
         commands=TASK_COMMANDS,
@@ -308,6 +320,8 @@ def env_default(option: Option, environ: Mapping[str, str] | None = None) -> Any
     environ = os.environ if environ is None else environ
     for variable in option.env:
         text = environ.get(variable)
+        if text and option.is_flag:
+            return _flag_value(variable, text)
         if text:
             try:
                 return option.kind(text)
@@ -316,6 +330,18 @@ def env_default(option: Option, environ: Mapping[str, str] | None = None) -> Any
                     f"{variable}={text!r} is not an integer (it sets {option.name})."
                 ) from None
     return [] if option.repeatable else option.default
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag_value(variable: str, text: str) -> bool:
+    if text.strip().lower() in _TRUE:
+        return True
+    if text.strip().lower() in _FALSE:
+        return False
+    raise FlowbookError(f"{variable}={text!r}: expected 1 or 0 (true or false).")
 
 
 def defaults(command: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -29,6 +29,7 @@ def test_a_plain_run_is_read_with_its_defaults(monkeypatch):
         "dask_scheduler": None,
         "dask_scheduler_file": None,
         "allow_local_datastore": False,
+        "reuse": False,
         "run_id_file": None,
         "params_file": None,
     }

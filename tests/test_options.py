@@ -52,6 +52,7 @@ CASES = [
         {"decospecs": ["retry:times=2", "catch"], "datastore": "/tmp/ds", "quiet": True},
         {"max_workers": 3, "max_num_splits": 7, "tags": ["a", "b"], "alpha": 5, "my_list": [1, 2]},
     ),
+    (["--datastore", "/d"], "run", ["--reuse"], {"datastore": "/d"}, {"reuse": True}),
     (
         ["--datastore=/d", "--no-pylint"],
         "run",
@@ -154,6 +155,7 @@ def test_the_settings_are_what_was_given_over_the_tables_defaults(flow):
         "dask_scheduler": None,
         "dask_scheduler_file": None,
         "allow_local_datastore": False,
+        "reuse": False,
         "run_id_file": None,
         "params_file": None,
         "parameters": {"alpha": "5", "my-list": "[1, 2]"},

@@ -219,6 +219,7 @@ def start_run(flow_cls: type, graph: FlowGraph, settings: dict[str, Any]) -> boo
         resume_step=settings.get(RESUME_STEP),
         run_id_file=settings["run_id_file"],
         executor_settings=settings,  # --executor and its options (runtime/launch.py)
+        reuse=bool(settings.get("reuse")),
     )
     return outcome.successful
 

@@ -176,13 +176,6 @@ def _click_option(option: Option) -> click.Option:
     import click
     from click.core import ParameterSource
 
-    if option.is_flag:
-        return click.Option(
-            [f"{option.name}/{option.negative}", option.key],
-            default=option.default,
-            help=option.help,
-            hidden=option.hidden,
-        )
     callback = None
     help_text = option.help
     if option.env:  # the table's default unless the environment gives one
@@ -193,6 +186,14 @@ def _click_option(option: Option) -> click.Option:
             return value
 
         help_text += f" (default from ${option.env[0]} if set)"
+    if option.is_flag:
+        return click.Option(
+            [f"{option.name}/{option.negative}", option.key],
+            default=option.default,
+            help=help_text,
+            hidden=option.hidden,
+            callback=callback,
+        )
     return click.Option(
         [option.name, option.key],
         type=click.INT if option.kind is int else click.STRING,

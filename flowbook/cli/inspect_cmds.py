@@ -1,4 +1,5 @@
-"""``logs`` and ``dump``: print what a past run stored, addressed by ``RUN/STEP[/TASK]``.
+"""``logs``, ``dump`` and ``explain``: print what a past run stored, addressed by
+``RUN/STEP[/TASK]`` (``explain``: by ``RUN``).
 
 Each part of the pathspec is checked against flowbook's grammar (names.py) before
 anything is read. ``logs`` needs no task record, so it prints the output of a task
@@ -94,3 +95,30 @@ def add_inspection_commands(cli: click.Group, flow_name: str) -> None:
                 f"Flow {flow_name}: {unreadable} of {len(tasks)} task(s) of {pathspec} have "
                 "a corrupt record (named above)."
             )
+
+    @cli.command(
+        help="Print, for every task of a run, whether it was reused or ran and why "
+        "(see --reuse). RUN_ID defaults to the latest run."
+    )
+    @click.argument("run_id", required=False)
+    @click.pass_context
+    def explain(ctx: click.Context, run_id: str | None) -> None:
+        from .. import client
+
+        try:
+            if run_id is None:
+                run = client.Flow(
+                    flow_name, datastore=ctx.obj["datastore"] or None, namespace=None
+                ).latest_run
+                if run is None:
+                    raise FlowbookError(f"Flow {flow_name} has no run to explain.")
+            else:
+                check(run_id, "run id")
+                run = client.Run(
+                    f"{flow_name}/{run_id}", datastore=ctx.obj["datastore"] or None, namespace=None
+                )
+            click.echo(f"Run {run.pathspec}:")
+            for line in run.explain():
+                click.echo(f"  {line}")
+        except ClientError as exc:
+            raise FlowbookError(str(exc)) from None

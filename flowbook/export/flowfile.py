@@ -18,10 +18,16 @@ from ..notebook.cells import NotebookSource, StepCell, strip_ipython_lines
 TARGETS = ("flowbook", "metaflow")
 
 
-def _decorator_lines(cell: StepCell) -> tuple[list[str], set[str]]:
+def _decorator_lines(cell: StepCell, target: str) -> tuple[list[str], set[str]]:
     lines, names = [], set()
     for deco in cell.decorators:
         attrs = deco.attributes
+        if deco.name == "reuse":
+            if target == "metaflow":  # Metaflow has no reuse: it runs every step
+                continue
+            lines.append(f"    @reuse({bool(attrs.get('enabled', True))!r})")
+            names.add("reuse")
+            continue
         names.add(deco.name)
         if deco.name == "retry":
             args = f"times={attrs['times']!r}, minutes_between_retries={attrs['minutes_between_retries']!r}"
@@ -61,7 +67,7 @@ def flow_file_source(source: NotebookSource, target: str = "flowbook") -> str:
             imports.add("JSONType")
     for cell in source.steps.values():
         node, _ = step_node(cell, source.flow_name)  # validates the cell, finds its transition
-        deco_lines, names = _decorator_lines(cell)
+        deco_lines, names = _decorator_lines(cell, target)
         imports |= names
         body = textwrap.dedent(cell.body).rstrip() or "pass"
         if node.out_funcs and not body_declares_transition(cell, source.flow_name):

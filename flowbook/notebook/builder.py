@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import builtins
 import linecache
+import os
 import sys
 import types
 from typing import Any
@@ -20,6 +21,7 @@ from ..exceptions import FlowbookError
 from ..flowspec import FlowSpec, step
 from ..graph import FlowGraph, StepNode, _read_transitions
 from ..parameters import Parameter
+from ..runtime.fingerprint import statement
 from .cells import NotebookSource, StepCell, strip_ipython_lines
 
 
@@ -134,6 +136,7 @@ def build_flow(
             attrs.setdefault(target, _missing_step(target))
     flow_cls = type(source.flow_name, (FlowSpec,), attrs)
     flow_cls._flowbook_graph = graph
+    flow_cls._flowbook_code = NotebookCode(source)  # what reuse fingerprints
     return flow_cls, graph
 
 
@@ -205,3 +208,33 @@ def names_defined(code: str) -> set[str]:
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
                     names.add(sub.id)
     return names
+
+
+class NotebookCode:
+    """A notebook flow's step cells and setup cells, as reuse fingerprints them
+    (runtime/fingerprint.py, whose FileCode does the same for a flow file)."""
+
+    def __init__(self, notebook: Any) -> None:
+        self.notebook = notebook
+        self.own_file = ""
+        self.base_dir = os.path.dirname(os.path.abspath(notebook.path)) if notebook.path else ""
+        self.base_dir = self.base_dir or os.getcwd()
+        self.statements: list[tuple] = []
+        for index, code in enumerate(notebook.setup):
+            text = strip_ipython_lines(code)
+            lines = text.splitlines(keepends=True)
+            try:
+                tree = ast.parse(text or "\n")
+            except SyntaxError:
+                continue
+            for node in tree.body:
+                body = "".join(lines[node.lineno - 1 : node.end_lineno])
+                at = f"setup cell {index + 1}, line {node.lineno}"
+                self.statements.append(statement(at, body, node))
+
+    def step_text(self, name: str) -> tuple[str, int, str] | None:
+        cell = self.notebook.steps.get(name)
+        if cell is None:
+            return None
+        # the magic line says next/foreach/join/decorators; the body starts below it
+        return f"{cell.magic_line()}\n{cell.body}", cell.first_line - 1, "cell"

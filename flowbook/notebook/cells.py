@@ -5,6 +5,7 @@
 * Cell tags, which live in the .ipynb file: ``flowbook:step=NAME``,
   ``flowbook:next=A,B``, ``flowbook:foreach=ARTIFACT``, ``flowbook:join``,
   ``flowbook:retry=N``, ``flowbook:catch=VAR``, ``flowbook:timeout=S``,
+  ``flowbook:no-reuse``,
   ``flowbook:resources=cpu=2,memory=4000``, ``flowbook:setup``, and papermill's
   ``parameters``.
 
@@ -60,6 +61,8 @@ class StepCell:
                 parts += ["--timeout", str(attrs["seconds"])]
             elif deco.name == "resources":
                 parts += ["--resources", _resources_text(attrs)]
+            elif deco.name == "reuse" and not attrs.get("enabled", True):
+                parts.append("--no-reuse")
         return " ".join(parts)
 
     def tags(self) -> list[str]:
@@ -80,6 +83,8 @@ class StepCell:
                 tags.append(f"{TAG_PREFIX}timeout={attrs['seconds']}")
             elif deco.name == "resources":
                 tags.append(f"{TAG_PREFIX}resources={_resources_text(attrs)}")
+            elif deco.name == "reuse" and not attrs.get("enabled", True):
+                tags.append(f"{TAG_PREFIX}no-reuse")
         return tags
 
 
@@ -125,6 +130,7 @@ def _step_parser() -> argparse.ArgumentParser:
     parser.add_argument("--catch", default=None)
     parser.add_argument("--timeout", type=float, default=None)
     parser.add_argument("--resources", default=None)
+    parser.add_argument("--no-reuse", action="store_true")
     return parser
 
 
@@ -144,6 +150,8 @@ def parse_step_line(line: str, body: str, where: str = "", first_line: int = 2) 
         decorators.append(parse_decospec(f"timeout:seconds={args.timeout}"))
     if args.resources is not None:
         decorators.append(parse_decospec(f"resources:{args.resources}"))
+    if args.no_reuse:
+        decorators.append(DecoratorSpec("reuse", {"enabled": False}))
     return StepCell(
         name=_identifier(args.name, "step"),
         body=body,
@@ -240,6 +248,8 @@ def step_from_tags(values: dict[str, str | None], source: str, where: str) -> St
             words += [f"--{key}", values[key]]
     if "join" in values:
         words.append("--join")
+    if "no-reuse" in values:
+        words.append("--no-reuse")
     return parse_step_line(shlex.join(words), source, where=where, first_line=1)
 
 

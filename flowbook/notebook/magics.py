@@ -27,7 +27,10 @@ FLOW_HELP = """\
 %flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T ...] [--quiet]
 %flow run MyFlow [--name value ...]   run a FlowSpec class defined in this notebook
 %flow resume [STEP] [--origin-run-id ID] [the options of %flow run]
-%flow show | status | name NAME
+%flow run --reuse ...               reuse earlier identical tasks, say why each step runs
+%flow show | status | name NAME     (status: which steps are stale, and why)
+%flow reuse on|off                  re-running an unchanged step cell reuses its result
+%flow explain [RUN]                 for each task of a run: reused or ran, and why
 %flow ui [RUN | last]               a live panel of this notebook's cells, or of a run
 %flow logs PATHSPEC [--stderr]
 %flow export --to flow|metaflow PATH
@@ -63,6 +66,9 @@ class FlowbookMagics(Magics):
             - set(self.session.parameter_names)
         )
         tasks = f"{len(records)} tasks" if len(records) != 1 else "1 task"
+        reused = sum(1 for r in records if r.get("reused_from"))
+        if reused:
+            tasks += ", reused" if reused == len(records) else f", {reused} reused"
         print(
             f"✓ step '{step_cell.name}' done in {elapsed:.2f} s ({tasks}); "
             f"flow.{step_cell.name}: {', '.join(artifacts) or 'no artifacts'}"
@@ -145,6 +151,7 @@ class FlowbookMagics(Magics):
             max_num_splits=settings["max_num_splits"],
             tags=settings["tags"],
             executor_settings={key: settings.get(key) for key in executor_keys},
+            reuse=settings["reuse"],
         )
         if settings["quiet"]:
             return self._finish(run())
@@ -198,6 +205,7 @@ class FlowbookMagics(Magics):
             origin_run_id=settings["origin_run_id"],
             resume_step=settings[RESUME_STEP],
             tags=settings["tags"],
+            reuse=settings["reuse"],
         )
         return self._finish(outcome)
 
@@ -327,10 +335,46 @@ class FlowbookMagics(Magics):
 
     def _flow_status(self, rest: list[str]) -> None:
         print(repr(FlowResults(self.session)))
+        reasons = {name: why for name, why in self.session.staleness().items() if why}
+        if reasons:
+            print("stale (running the cell again would not reuse its result):")
+            for name, why in reasons.items():
+                print(f"  {name}: {why}")
+        elif self.session.latest:
+            print("up to date: every step that ran would be reused as it is")
         if self.session.run_id:
             print(f"interactive run: {self.session.flow_name}/{self.session.run_id}")
         if self.session.last_run_pathspec:
             print(f"latest %flow run: {self.session.last_run_pathspec}")
+
+    def _flow_reuse(self, rest: list[str]) -> None:
+        """%flow reuse on|off: whether re-running an unchanged step cell reuses its result."""
+        if rest not in (["on"], ["off"]):
+            state = "on" if self.session.reuse_cells else "off"
+            raise FlowbookError(f"%flow reuse on|off (now {state}).")
+        self.session.reuse_cells = rest == ["on"]
+        print(f"Reuse of unchanged step cells is {rest[0]}.")
+
+    def _flow_explain(self, rest: list[str]) -> None:
+        """%flow explain [RUN]: each task of a run (default: the latest %flow run, else
+        the interactive run), reused or run, and why."""
+        from ..client import Run
+
+        if len(rest) > 1:
+            raise FlowbookError("%flow explain [RUN_ID]")
+        if rest:
+            check_run_id(rest[0])
+            pathspec = f"{self.session.flow_name}/{rest[0]}"
+        elif self.session.last_run_pathspec:
+            pathspec = self.session.last_run_pathspec
+        elif self.session.run_id:
+            pathspec = f"{self.session.flow_name}/{self.session.run_id}"
+        else:
+            raise FlowbookError(f"Flow {self.session.flow_name} has no run to explain yet.")
+        run = Run(pathspec, datastore=self.session.datastore, namespace=None)
+        print(f"Run {run.pathspec}:")
+        for line in run.explain():
+            print(f"  {line}")
 
     def _flow_logs(self, rest: list[str]) -> None:
         from ..client import Task

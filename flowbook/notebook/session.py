@@ -14,11 +14,15 @@ import time
 from typing import Any
 
 from ..datastore import Datastore
+from ..decorators import step_settings
 from ..exceptions import FlowbookError, StepFailed
 from ..graph import FlowGraph
 from ..identity import current_user, system_tags
 from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
+from ..runtime.fingerprint import code_fingerprints
+from ..runtime.frames import parent_info
 from ..runtime.launch import store_parameters
+from ..runtime.reuse import ReusePlan
 from ..runtime.scheduler import Scheduler
 from .builder import build_flow, global_names_used, names_defined, step_node
 from .cells import NotebookSource, StepCell, flow_name_from_path, parse_parameters
@@ -44,6 +48,14 @@ class NotebookSession:
         self.running_step: str | None = None
         #: The panel `%flow ui` opened last for this notebook's cells (it follows them).
         self.live_panel: Any = None
+        #: Whether re-running a step cell whose code and inputs did not change reuses
+        #: its result (`%flow reuse on|off`; FLOWBOOK_RUN_REUSE=0 turns it off).
+        self.reuse_cells = os.environ.get("FLOWBOOK_RUN_REUSE", "1").lower() not in (
+            "0",
+            "false",
+            "no",
+            "off",
+        )
 
     # ------------------------------------------------------------ naming, resources
     @property
@@ -171,18 +183,22 @@ class NotebookSession:
         run_id = self._interactive_run(graph)
         executor = self.executor
         executor.define(flow_cls, graph, _sources())
+        parameters = self._parameter_index()
+        code, reuse_plan = self._reuse_plan(flow_cls, graph, run_id, parameters)
         scheduler = Scheduler(
             graph,
             self.datastore,
             run_id,
             executor,
             console,
-            self._parameter_index(),
+            parameters,
             max_workers=DEFAULT_MAX_WORKERS,
             max_num_splits=10_000,
             user=current_user(),
             only_steps={cell.name},
             on_event=lambda kind, info: (console.event(kind, info), self._notify(kind, info)),
+            code=code,
+            reuse_plan=reuse_plan if self.reuse_cells else None,
         )
         scheduler.set_first_task_id(self.last_task_id)
         self.running_step = cell.name
@@ -200,11 +216,67 @@ class NotebookSession:
             scheduler.finished_records,
             key=lambda r: [f.get("index", 0) for f in r.get("foreach_stack", [])],
         )
+        unchanged = _same_results(self.latest.get(cell.name), records)
         self.latest[cell.name] = records
         self.stale.discard(cell.name)
-        self.stale |= _downstream(graph, cell.name) & set(self.latest)
+        if not unchanged:  # the same artifacts again (reused): what follows is still valid
+            self.stale |= _downstream(graph, cell.name) & set(self.latest)
         self._notify("step_done", {"step": cell.name})
         return records
+
+    def _reuse_plan(
+        self, flow_cls: type, graph: FlowGraph, run_id: str, parameters: dict
+    ) -> tuple[dict, ReusePlan]:
+        """The steps' code fingerprints, and what finds an earlier identical task of a
+        step: in this session's interactive run, then in earlier runs."""
+        code = code_fingerprints(flow_cls, graph, self.datastore)
+        plan = ReusePlan(
+            self.datastore, graph, run_id, current_user(), code, parameters, include_this_run=True
+        )
+        return code, plan
+
+    def staleness(self) -> dict[str, str | None]:
+        """For each step cell: None when its latest results are what running it again
+        would give (same code, inputs and parameters), else why not."""
+        found: dict[str, str | None] = {}
+        if not self.steps:
+            return found
+        flow_cls, graph = build_flow(self.source(), self._globals(), partial=True)
+        parameters = self._parameter_index()
+        _, plan = self._reuse_plan(flow_cls, graph, self.run_id or "", parameters)
+        settings = {node.name: step_settings(node.decorators, node.name) for node in graph}
+        for name in self.steps:
+            if name not in self.latest:
+                found[name] = "not run yet"
+                continue
+            found[name] = None
+            try:
+                parent_records = self._parent_records(graph, name)
+            except FlowbookError as exc:
+                found[name] = str(exc)
+                continue
+            parents = [parent_info(self.flow_name, r) for r in parent_records]
+            lists = {
+                r["next"].get("sha") for r in parent_records if (r.get("next") or {}).get("sha")
+            }
+            for record in self.latest[name]:
+                frames = record.get("foreach_stack") or []
+                if lists and frames and frames[-1].get("sha") not in lists:
+                    found[name] = f"its foreach input changed: the list '{frames[-1]['var']}'"
+                    break
+                task_parents = _parents_of(record, parents)
+                decision = plan.decide(
+                    name, record.get("split_stack", []), task_parents, settings[name]["reuse"]
+                )
+                if decision.origin is None:
+                    found[name] = decision.reason
+                    break
+        for name, why in list(found.items()):  # what follows a stale step is stale too
+            if why and why != "not run yet":
+                for after in sorted(_downstream(graph, name)):
+                    if found.get(after) is None and after in self.latest:
+                        found[after] = f"step '{name}' before it is stale"
+        return found
 
     def _parent_records(self, graph: FlowGraph, step: str) -> list[dict]:
         if step == "start":
@@ -271,6 +343,7 @@ class NotebookSession:
         resume_step: str | None = None,
         tags: list[str] | None = None,
         executor_settings: dict[str, Any] | None = None,
+        reuse: bool = False,
     ):
         """Run the whole notebook flow as a new run (or resume one); returns the outcome.
 
@@ -307,6 +380,8 @@ class NotebookSession:
             origin_run_id=origin_run_id,
             resume_step=resume_step,
             on_event=self._notify,
+            reuse=reuse,
+            record_code=True,  # cheap in a kernel: a later --reuse run can reuse this one
         )
         self.last_run_pathspec = outcome.pathspec
         return outcome
@@ -335,6 +410,24 @@ def _downstream(graph: FlowGraph, step: str) -> set[str]:
             found.add(name)
             todo.extend(t for t in graph[name].out_funcs if t in graph)
     return found
+
+
+def _same_results(old: list[dict] | None, new: list[dict]) -> bool:
+    """Whether two runs of a step cell left the same artifacts (by content)."""
+    if old is None or len(old) != len(new):
+        return False
+    return all(
+        {k: v["sha"] for k, v in a.get("artifacts", {}).items()}
+        == {k: v["sha"] for k, v in b.get("artifacts", {}).items()}
+        for a, b in zip(old, new, strict=True)
+    )
+
+
+def _parents_of(record: dict, parents: list[dict]) -> list[dict]:
+    """The parent infos among ``parents`` that a task's record names, in its order."""
+    by_pathspec = {p["pathspec"]: p for p in parents}
+    named = [by_pathspec[p] for p in record.get("parents", []) if p in by_pathspec]
+    return named if len(named) == len(record.get("parents", [])) else parents
 
 
 def _sources() -> dict[str, str]:

@@ -27,6 +27,28 @@ if TYPE_CHECKING:
 _NOT_LIST_LIKE = (str, bytes, bytearray, dict, set, frozenset)
 
 
+def inherited_artifacts(
+    step: str, parameters: dict[str, dict], parents: list[dict], is_join: bool
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """What a task starts with besides its parameters: the artifacts it inherits (one
+    parent's index, minus the parameters; a join inherits nothing) and the names
+    dropped by a join on the way (name -> the join's step), as ``(inherited, dropped)``.
+    """
+    if is_join or not parents:
+        dropped: dict[str, str] = {}
+        if is_join:
+            for parent in parents:
+                for name in parent["artifacts"]:
+                    if name not in parameters:
+                        dropped[name] = step
+                for name in parent.get("dropped", {}):
+                    dropped.setdefault(name, parent["dropped"][name])
+        return {}, dropped
+    parent = parents[0]
+    inherited = {k: v for k, v in parent["artifacts"].items() if k not in parameters}
+    return inherited, dict(parent.get("dropped", {}))
+
+
 class TaskContext:
     def __init__(self, spec: TaskSpec, datastore: Datastore, is_join: bool) -> None:
         self.spec = spec
@@ -37,22 +59,16 @@ class TaskContext:
         self.is_join = is_join
         self.parameters: dict[str, dict] = dict(spec.parameters)
         self._parameter_values: dict[str, Any] = {}
-        if is_join or not spec.parents:
-            self.inherited: dict[str, dict] = {}
-            self.dropped: dict[str, str] = {}
-            if is_join:
-                for parent in spec.parents:
-                    for name in parent["artifacts"]:
-                        if name not in self.parameters:
-                            self.dropped[name] = self.step_name
-                    for name in parent.get("dropped", {}):
-                        self.dropped.setdefault(name, parent["dropped"][name])
-        else:
-            parent = spec.parents[0]
-            self.inherited = {
-                k: v for k, v in parent["artifacts"].items() if k not in self.parameters
-            }
-            self.dropped = dict(parent.get("dropped", {}))
+        self.inherited, self.dropped = inherited_artifacts(
+            spec.step, self.parameters, spec.parents, is_join
+        )
+        # what the step read, for reuse (runtime/reuse.py): (source, name) -> sha, where
+        # source is "." (self), "p" (a parameter) or an input's position in a join;
+        # None for an artifact the step looked for and did not find
+        self.reads: dict[tuple[str | int, str], str | None] = {}
+        self._input_position = {p["pathspec"]: i for i, p in enumerate(spec.parents)}
+        #: Names the step merged from its inputs (merge_artifacts): its own, like assigned ones.
+        self.merged: set[str] = set()
         # id(value) -> (value, index entry, mapping) for every artifact value read
         # from a parent: an unchanged one is not stored again (collect_artifacts)
         self._read: dict[int, tuple[Any, dict, MappedBlob | None]] = {}
@@ -65,6 +81,7 @@ class TaskContext:
     # ------------------------------------------------------------ reading
     def load_artifact(self, obj: Any, name: str) -> Any:
         entry = self.inherited.get(name)
+        self.reads[(".", name)] = entry["sha"] if entry is not None else None
         if entry is None:
             raise self._missing(name)
         value = self._read_artifact(entry, name, self.pathspec)
@@ -98,6 +115,7 @@ class TaskContext:
                 raise MissingArtifactError(
                     f"{self._where()}: parameter '{attribute_name}' has no value in this run."
                 )
+            self.reads[("p", attribute_name)] = entry["sha"]
             self._parameter_values[attribute_name] = self.datastore.load_artifact(
                 entry, attribute_name, self.pathspec
             )
@@ -105,8 +123,10 @@ class TaskContext:
 
     def load_input_artifact(self, parent: dict, name: str) -> Any:
         entry = parent["artifacts"].get(name)
-        if entry is None:
-            entry = self.parameters.get(name)
+        source: str | int = self._input_position.get(parent["pathspec"], -1)
+        if entry is None and name in self.parameters:
+            entry, source = self.parameters[name], "p"
+        self.reads[(source, name)] = entry["sha"] if entry is not None else None
         if entry is None:
             join = parent.get("dropped", {}).get(name)
             hint = f" (it was not reassigned in join step '{join}')" if join else ""
@@ -173,8 +193,10 @@ class TaskContext:
         candidates: dict[str, list[tuple[str, dict]]] = {}
         for view in inputs:
             parent = view._parent
+            position = self._input_position.get(parent["pathspec"], -1)
             for name, entry in parent["artifacts"].items():
                 candidates.setdefault(name, []).append((parent["pathspec"], entry))
+                self.reads[(position, name)] = entry["sha"]
         if include_set is not None:
             missing = sorted(n for n in include_set if n not in candidates)
             if missing:
@@ -190,6 +212,7 @@ class TaskContext:
                 continue
             if len({entry["sha"] for _, entry in entries}) == 1:
                 self.inherited[name] = entries[0][1]
+                self.merged.add(name)
                 self.dropped.pop(name, None)
             else:
                 divergent.append(name)
@@ -223,6 +246,15 @@ class TaskContext:
         for name in index:
             self.dropped.pop(name, None)
         return index
+
+    def own_names(self, obj: Any) -> list[str]:
+        """The artifacts this step made: assigned (or read and left) on ``self``, or
+        merged from its inputs. The rest of its index it passed on unread."""
+        return sorted(self.merged.union(name for name in obj.__dict__ if name != "_fb"))
+
+    def recorded_reads(self) -> list[list]:
+        """What the step read, as ``[source, name, sha]`` rows for its record."""
+        return [[source, name, sha] for (source, name), sha in self.reads.items()]
 
     def foreach_split_count(self, obj: Any, var: str) -> int:
         try:

@@ -195,6 +195,8 @@ def run_flow(
     executor: Any = None,
     on_event: Any = None,
     executor_settings: dict[str, Any] | None = None,
+    reuse: bool = False,
+    record_code: bool = False,
 ) -> RunOutcome:
     """Run ``flow_cls`` to the end (or the first failure) as a new run.
 
@@ -206,6 +208,11 @@ def run_flow(
     task server, or with ``executor_settings["executor"] == "dask"`` (the settings of
     the command line: ``executor``, ``dask_scheduler``, ``dask_scheduler_file``,
     ``allow_local_datastore``) a :class:`~flowbook.runtime.dask_executor.DaskExecutor`.
+    With ``reuse=True`` a task whose code and inputs equal an earlier task's is not
+    run: that task's result is cloned (runtime/reuse.py). Its tasks' records keep
+    their steps' code fingerprints, so a later run can reuse them, when ``reuse`` or
+    ``record_code`` is set (fingerprinting imports ~15 ms of modules a plain run
+    does without; a notebook's kernel has them loaded anyway).
     """
     console = console or Console()
     datastore = Datastore(datastore_url)
@@ -230,6 +237,8 @@ def run_flow(
             executor,
             on_event,
             cluster,
+            reuse,
+            record_code,
         )
     finally:
         if cluster is not None:
@@ -252,6 +261,8 @@ def _run(
     executor: Any,
     on_event: Any,
     cluster: Any,
+    reuse: bool,
+    record_code: bool,
 ) -> RunOutcome:
     user = current_user()
     tags = list(dict.fromkeys(tags or []))
@@ -286,6 +297,15 @@ def _run(
         console.message(f"Resuming run {origin_run_id} as run {run_id}:")
     else:
         console.message(f"Workflow starting (run-id {run_id}):")
+    code, reuse_plan = {}, None
+    if reuse or record_code:
+        from .fingerprint import code_fingerprints
+
+        code = code_fingerprints(flow_cls, graph, datastore)
+    if reuse:
+        from .reuse import ReusePlan
+
+        reuse_plan = ReusePlan(datastore, graph, run_id, user, code, parameters)
     server = executor or cluster or start_task_server(flow_cls, graph)
     scheduler = Scheduler(
         graph,
@@ -300,6 +320,8 @@ def _run(
         user=user,
         resume_plan=plan,
         on_event=on_event,
+        code=code,
+        reuse_plan=reuse_plan,
     )
     successful = False
     restore = _stop_on_sigterm() if executor is None else None

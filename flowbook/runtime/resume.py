@@ -101,6 +101,7 @@ class ResumePlan:
                 f"Flow {self.flow} has no step '{step}' to resume from "
                 f"(its steps: {', '.join(n.name for n in graph)})."
             )
+        self.step = step
         self.forced = descendants(graph, step) if step else set()
         self.successful: dict[tuple, TaskRecord] = {}
         for step_name in datastore.list_steps(self.flow, origin_run_id):
@@ -158,28 +159,54 @@ class ResumePlan:
         parents: list[ParentInfo],
     ) -> dict:
         """Write the clone's record into the new run and return it."""
-        ds = self.datastore
-        origin_pathspec = f"{self.flow}/{origin['run_id']}/{origin['step']}/{origin['task_id']}"
-        record = dict(
+        return write_clone(
+            self.datastore,
+            self.flow,
             origin,
-            run_id=run_id,
-            task_id=task_id,
-            attempt=0,
-            parents=[p["pathspec"] for p in parents],
-            split_stack=split_stack,
-            foreach_stack=[f for f in split_stack if f["kind"] == "foreach"],
-            origin_pathspec=origin_pathspec,
+            run_id,
+            task_id,
+            split_stack,
+            parents,
             origin_run_id=self.origin_run_id,
-            cloned_at=time.time(),
         )
-        step = origin["step"]
-        for kind in ("stdout", "stderr"):
-            text = ds.read_log(
-                self.flow, origin["run_id"], step, origin["task_id"], origin["attempt"], kind
+
+
+def write_clone(
+    datastore: Datastore,
+    flow: str,
+    origin: TaskRecord,
+    run_id: str,
+    task_id: str,
+    split_stack: list[Frame],
+    parents: list[ParentInfo],
+    **fields: object,
+) -> dict:
+    """Record ``origin`` (a successful task of an earlier run) as task ``task_id`` of
+    ``run_id``: its record with this run's ids, parents and frames (plus ``fields``),
+    and its logs. Its artifact index points at the same blobs: no data is copied."""
+    origin_pathspec = f"{flow}/{origin['run_id']}/{origin['step']}/{origin['task_id']}"
+    record = dict(
+        origin,
+        run_id=run_id,
+        task_id=task_id,
+        attempt=0,
+        parents=[p["pathspec"] for p in parents],
+        split_stack=split_stack,
+        foreach_stack=[f for f in split_stack if f["kind"] == "foreach"],
+        origin_pathspec=origin_pathspec,
+        cloned_at=time.time(),
+    )
+    for key in ("reused_from", "run_reason", "warm"):  # what the origin's own run said
+        record.pop(key, None)
+    record.update(fields)
+    step = origin["step"]
+    for kind in ("stdout", "stderr"):
+        text = datastore.read_log(
+            flow, origin["run_id"], step, origin["task_id"], origin["attempt"], kind
+        )
+        if text:  # a missing log reads as empty: an empty one needs no copy
+            datastore.storage.write_bytes(
+                datastore.attempt_file(flow, run_id, step, task_id, 0, kind), text.encode()
             )
-            if text:  # a missing log reads as empty: an empty one needs no copy
-                ds.storage.write_bytes(
-                    ds.attempt_file(self.flow, run_id, step, task_id, 0, kind), text.encode()
-                )
-        ds.write_attempt_done(self.flow, run_id, step, task_id, 0, record)
-        return record
+    datastore.write_attempt_done(flow, run_id, step, task_id, 0, record)
+    return record

@@ -34,6 +34,7 @@ TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from ..datastore.schema import ArtifactEntry, ExceptionInfo, Frame, ParentInfo, TaskRecord
     from ..graph import StepNode
+    from .reuse import Decision, ReusePlan
 
 #: How often (seconds) the scheduler tells its listeners that time has passed.
 TICK_INTERVAL = 0.5
@@ -50,6 +51,7 @@ class PendingTask(Plain):
         split_stack: list[Frame],
         attempt: int = 0,
         caught: ExceptionInfo | None = None,
+        run_reason: str | None = None,
     ) -> None:
         self.step = step
         self.task_id = task_id
@@ -58,6 +60,8 @@ class PendingTask(Plain):
         self.attempt = attempt
         #: Set for the extra attempt that stores a caught exception (``@catch``).
         self.caught = caught
+        #: Why the task runs rather than being reused (with reuse on).
+        self.run_reason = run_reason
 
 
 class PendingSplits(Plain):
@@ -134,6 +138,8 @@ class Scheduler:
         on_event: Callable[[str, dict], None] | None = None,
         resume_plan: ResumePlan | None = None,
         only_steps: set[str] | None = None,
+        code: dict[str, dict] | None = None,
+        reuse_plan: ReusePlan | None = None,
     ) -> None:
         self.graph = graph
         self.flow = graph.name
@@ -149,6 +155,12 @@ class Scheduler:
         self.on_event = on_event or (lambda kind, info: None)
         self.resume_plan = resume_plan
         self.origin_run_id = resume_plan.origin_run_id if resume_plan else None
+        #: Each step's code fingerprint (runtime/fingerprint.py), kept in its records.
+        self.code = code or {}
+        self.reuse_plan = reuse_plan
+        #: step -> [tasks reused, tasks run] and the decisions already said, for reuse.
+        self.reuse_counts: dict[str, list[int]] = {}
+        self._said: set[tuple[str, str]] = set()
         self.settings = {node.name: step_settings(node.decorators, node.name) for node in graph}
         self.queue: deque[PendingTask | PendingSplits] = deque()
         self.delayed: list[tuple[float, PendingTask]] = []
@@ -191,6 +203,7 @@ class Scheduler:
             raise
         except ExecutorLost as exc:
             self._executor_lost(exc)
+        self._say_reuse_totals()
         if self.only_steps is not None:
             return not self.failures
         return self.end_succeeded and not self.failures
@@ -321,6 +334,8 @@ class Scheduler:
             origin_run_id=self.origin_run_id,
             max_attempts=self.settings[pending.step]["max_attempts"],
             caught=pending.caught,
+            code=self.code.get(pending.step),
+            run_reason=pending.run_reason,
         )
         task = RunningTask(pending, spec, tails=(LogTail(stdout_path), LogTail(stderr_path)))
         timeout = self.settings[pending.step]["timeout"]
@@ -330,23 +345,71 @@ class Scheduler:
         self.executor.submit(pending.task_id, spec)
 
     def _clone(self, pending: PendingTask) -> bool:
-        """Clone the task from the resumed run when it can be; True if it was."""
+        """Clone the task from the resumed run, or reuse an earlier identical one, when
+        it can be; True if it was. Otherwise, with reuse on, note why it runs."""
+        if pending.attempt or pending.caught:
+            return False
         plan = self.resume_plan
-        if plan is None or pending.attempt or pending.caught:
+        if plan is not None:
+            origin = plan.clone_source(pending.step, pending.split_stack, pending.parents)
+            if origin is not None:
+                record = plan.clone(
+                    origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
+                )
+                self.console.message(
+                    f"[{self.run_id}/{pending.step}/{pending.task_id}] Cloned from "
+                    f"{record['origin_pathspec']}."
+                )
+                self.on_event("task_cloned", {"step": pending.step, "task_id": pending.task_id})
+                self._done_without_running(record)
+                return True
+        if self.reuse_plan is None:
             return False
-        origin = plan.clone_source(pending.step, pending.split_stack, pending.parents)
-        if origin is None:
+        if plan is not None and pending.step in plan.forced:
+            from .reuse import Decision
+
+            decision = Decision(f"resume was asked to run step '{plan.step}' again")
+        else:
+            decision = self.reuse_plan.decide(
+                pending.step,
+                pending.split_stack,
+                pending.parents,
+                self.settings[pending.step]["reuse"],
+            )
+        counts = self.reuse_counts.setdefault(pending.step, [0, 0])
+        counts[decision.origin is None] += 1
+        self._say_decision(pending.step, decision)
+        info = {"step": pending.step, "task_id": pending.task_id, "reason": decision.text}
+        if decision.origin is None:
+            pending.run_reason = decision.text
+            self.on_event("task_reason", info)
             return False
-        record = plan.clone(
-            origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
+        record = self.reuse_plan.clone(
+            decision, self.run_id, pending.task_id, pending.split_stack, pending.parents
         )
-        self.console.message(
-            f"[{self.run_id}/{pending.step}/{pending.task_id}] Cloned from {record['origin_pathspec']}."
-        )
-        self.on_event("task_cloned", {"step": pending.step, "task_id": pending.task_id})
+        self.on_event("task_reused", dict(info, reused_from=record["reused_from"]))
+        self._done_without_running(record)
+        return True
+
+    def _done_without_running(self, record: TaskRecord) -> None:
         self.finished_records.append(record)
         self._schedule_successors(record)
-        return True
+
+    def _say_decision(self, step: str, decision: Decision) -> None:
+        """One line per step and kind of decision: ``train: reused from RUN/train/7
+        (same code, inputs and parameters)`` or ``train: runs (why)``; a foreach's
+        other splits add a line only when their reason differs."""
+        said = (step, "reused" if decision.origin is not None else decision.reason)
+        if said in self._said:
+            return
+        self._said.add(said)
+        self.console.message(f"{step}: {decision.text}")
+
+    def _say_reuse_totals(self) -> None:
+        """For a step of several tasks, how many were reused and how many ran."""
+        for step, (reused, ran) in self.reuse_counts.items():
+            if reused + ran > 1:
+                self.console.message(f"{step}: {reused} of {reused + ran} tasks reused, {ran} ran.")
 
     # ------------------------------------------------------------ finishing
     def _finish(self, task: RunningTask, code: int) -> None:
@@ -415,6 +478,7 @@ class Scheduler:
                 pending.parents,
                 pending.split_stack,
                 attempt=pending.attempt + 1,
+                run_reason=pending.run_reason,
             )
             self.delayed.append((time.time() + delay, retry))
             return

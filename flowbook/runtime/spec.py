@@ -16,7 +16,8 @@ class TaskSpec(Plain):
     "dropped", "foreach_stack"}``: the parent's artifact index travels with the spec,
     so a task reads no metadata before it starts. ``split_stack`` holds the frames of
     the splits and foreaches this task is inside, outermost first. ``caught`` is set
-    for the attempt that only stores a caught exception (``@catch``).
+    for the attempt that only stores a caught exception (``@catch``). ``code``
+    and ``run_reason`` are what reuse (runtime/reuse.py) keeps in the task's record.
     """
 
     def __init__(
@@ -37,6 +38,8 @@ class TaskSpec(Plain):
         origin_run_id: str | None = None,
         max_attempts: int = 1,
         caught: ExceptionInfo | None = None,
+        code: dict | None = None,
+        run_reason: str | None = None,
     ) -> None:
         self.flow_name = flow_name
         self.run_id = run_id
@@ -54,6 +57,11 @@ class TaskSpec(Plain):
         self.origin_run_id = origin_run_id
         self.max_attempts = max_attempts
         self.caught = caught
+        #: The step's code fingerprint (runtime/fingerprint.py), kept in the record so
+        #: that a later run can reuse this task; None when not computed.
+        self.code = code
+        #: Why this task runs rather than being reused (with ``--reuse``).
+        self.run_reason = run_reason
 
     @property
     def pathspec(self) -> str:

@@ -127,6 +127,10 @@ def _run_attempt(
     }
     if spec.caught is not None:
         base["caught"] = True
+    if spec.code is not None:
+        base["code"] = spec.code
+    if spec.run_reason is not None:
+        base["run_reason"] = spec.run_reason
     datastore.write_attempt_start(
         spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, base
     )
@@ -178,6 +182,8 @@ def _run_attempt(
             artifacts=artifacts,
             dropped=context.dropped,
             next=transition,
+            reads=context.recorded_reads(),
+            own=context.own_names(instance),
         )
         exit_code = 0
     except BaseException as exc:  # the user's code may raise anything, even SystemExit

@@ -1,0 +1,327 @@
+"""Reuse of unchanged steps (``--reuse``): what is reused, what runs, and why.
+
+Every test runs real flows twice or more as subprocesses on one datastore and
+checks the one-line decision each step prints, the records the Client reads
+(``reused_from``, ``run_reason``) and that the reused run's data is what running
+it would have made.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import FlowRunner
+
+FLOW = """
+import os
+from flowbook import FlowSpec, Parameter, step, retry, reuse, current
+from helpers import double
+
+SCALE = 3
+UNUSED = 1
+
+
+class ReuseFlow(FlowSpec):
+    alpha = Parameter("alpha", default=0.1)
+    label = Parameter("label", default="a")
+
+    @step
+    def start(self):
+        self.base = double(SCALE)
+        self.items = [1, 2, 3]
+        self.next(self.prepare)
+
+    @step
+    def prepare(self):
+        self.features = self.base + 1
+        self.next(self.train)
+
+    @step
+    def train(self):
+        self.model = self.features * self.alpha
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("model", self.model)
+
+
+if __name__ == "__main__":
+    ReuseFlow()
+"""
+
+HELPERS = "def double(x):\n    return 2 * x\n"
+
+
+def decisions(output: str) -> dict[str, str]:
+    """``step -> what the run printed about it`` (``reused from ...`` / ``runs (...)``)."""
+    found = {}
+    for line in output.splitlines():
+        match = re.search(r"\d ([a-z_]+): ((reused from|runs) .*)$", line)
+        if match:
+            found.setdefault(match.group(1), match.group(2))
+    return found
+
+
+@pytest.fixture
+def reuse_flow(run_flow: FlowRunner):
+    (run_flow.workdir / "helpers.py").write_text(HELPERS)
+
+    def run(source: str = FLOW, *args: str, env: dict | None = None):
+        result = run_flow(source, "run", "--reuse", *args, env=env)
+        assert result.returncode == 0, result
+        return result
+
+    return run
+
+
+def test_a_second_run_reuses_every_step_and_its_data_is_the_same(reuse_flow, client):
+    first = reuse_flow()
+    assert decisions(first.stdout) == {
+        step: "runs (no earlier task with this key)"
+        for step in ("start", "prepare", "train", "end")
+    }
+    second = reuse_flow()
+    said = decisions(second.stdout)
+    assert set(said) == {"start", "prepare", "train", "end"}
+    for step, text in said.items():
+        assert re.fullmatch(
+            rf"reused from {first.run_id}/{step}/\d+ \(same code, inputs and parameters\)", text
+        ), text
+    assert "model" not in second.stdout  # no task ran
+    old = client.Run(f"ReuseFlow/{first.run_id}")
+    new = client.Run(f"ReuseFlow/{second.run_id}")
+    assert new.successful
+    for step in ("start", "prepare", "train", "end"):
+        task, earlier = new[step].task, old[step].task
+        assert task.reused_from == earlier.pathspec
+        assert task.origin_pathspec == earlier.pathspec
+        assert task.run_reason == said[step]
+        assert {a.id: a.sha for a in task} == {a.id: a.sha for a in earlier}
+    assert new.data.model == pytest.approx(0.7)
+    assert old["end"].task.run_reason == "runs (no earlier task with this key)"
+
+
+def test_a_code_edit_runs_that_step_and_what_reads_its_output(reuse_flow, client):
+    first = reuse_flow()
+    edited = FLOW.replace("self.features * self.alpha", "self.features * self.alpha * 2")
+    second = reuse_flow(edited)
+    said = decisions(second.stdout)
+    line = edited.splitlines().index("        self.model = self.features * self.alpha * 2") + 1
+    assert said["start"].startswith(f"reused from {first.run_id}/start/")
+    assert said["prepare"].startswith(f"reused from {first.run_id}/prepare/")
+    assert said["train"] == f"runs (its code changed: line {line} of flow.py)"
+    assert said["end"] == "runs (input 'model' changed, from step 'train')"
+    assert client.Run(f"ReuseFlow/{second.run_id}").data.model == pytest.approx(1.4)
+
+
+def test_module_level_code_counts_only_when_a_step_uses_it(reuse_flow):
+    reuse_flow()
+    unused = reuse_flow(FLOW.replace("UNUSED = 1", "UNUSED = 2"))
+    assert all(t.startswith("reused from") for t in decisions(unused.stdout).values())
+    used = reuse_flow(FLOW.replace("SCALE = 3", "SCALE = 4"))
+    said = decisions(used.stdout)
+    assert said["start"] == "runs (the module-level code it uses changed: flow.py:6)"
+    assert said["prepare"] == "runs (input 'base' changed, from step 'start')"
+
+
+def test_a_helper_module_of_the_flows_directory_counts(reuse_flow, run_flow):
+    reuse_flow()
+    (run_flow.workdir / "helpers.py").write_text("def double(x):\n    return x + x\n")
+    said = decisions(reuse_flow().stdout)
+    assert said["start"] == "runs (helper module helpers.py changed)"
+    # the same bytes from a re-run parent do not make its children run
+    assert said["prepare"].startswith("reused from")
+    assert said["train"].startswith("reused from")
+
+
+def test_a_parameter_counts_only_for_the_steps_that_read_it(reuse_flow, client):
+    first = reuse_flow()
+    second = reuse_flow(FLOW, "--alpha", "0.2", "--label", "b")
+    said = decisions(second.stdout)
+    assert said["start"].startswith(f"reused from {first.run_id}/start/")
+    assert said["prepare"].startswith(f"reused from {first.run_id}/prepare/")
+    assert said["train"] == "runs (parameter alpha 0.1 -> 0.2)"
+    # a reused task passes on this run's values of what it did not read
+    run = client.Run(f"ReuseFlow/{second.run_id}")
+    assert run["prepare"].task.data.label == "b"
+    assert run["prepare"].task.data.alpha == 0.2
+    assert run.data.model == pytest.approx(1.4)
+
+
+def test_a_decorator_change_runs_the_step(reuse_flow):
+    reuse_flow()
+    retried = FLOW.replace(
+        "    @step\n    def train", "    @retry(times=2)\n    @step\n    def train"
+    )
+    said = decisions(reuse_flow(retried).stdout)
+    line = retried.splitlines().index("    @retry(times=2)") + 1
+    assert said["train"] == f"runs (its code changed: line {line} of flow.py)"
+    assert said["prepare"].startswith("reused from")
+
+
+def test_decorators_from_the_command_line_count(run_flow):
+    (run_flow.workdir / "helpers.py").write_text(HELPERS)
+    assert run_flow(FLOW, "run", "--reuse").returncode == 0
+    result = run_flow(None, "--with", "retry:times=1", "run", "--reuse")
+    assert result.returncode == 0, result
+    said = decisions(result.stdout)
+    assert said["start"] == (
+        "runs (its decorators changed: none -> @retry(times=1, minutes_between_retries=2))"
+    )
+
+
+def test_reuse_false_opts_a_step_out(reuse_flow):
+    source = FLOW.replace(
+        "    @step\n    def prepare", "    @reuse(False)\n    @step\n    def prepare"
+    )
+    reuse_flow(source)
+    said = decisions(reuse_flow(source).stdout)
+    assert said["prepare"] == "runs (@reuse(False))"
+    assert said["start"].startswith("reused from")
+    assert said["train"].startswith("reused from")  # prepare made the same bytes again
+
+
+FOREACH = """
+from flowbook import FlowSpec, Parameter, step
+
+
+class SplitReuseFlow(FlowSpec):
+    items = Parameter("items", default="1,2,3")
+
+    @step
+    def start(self):
+        self.values = [int(v) for v in self.items.split(",")]
+        self.next(self.square, foreach="values")
+
+    @step
+    def square(self):
+        print("squaring", self.input)
+        self.result = self.input * self.input
+        self.next(self.join)
+
+    @step
+    def join(self, inputs):
+        self.total = sum(i.result for i in inputs)
+        self.merge_artifacts(inputs, exclude=["result"])
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    SplitReuseFlow()
+"""
+
+
+def test_a_foreach_is_reused_split_by_split_and_its_list_counts(run_flow, client):
+    first = run_flow(FOREACH, "run", "--reuse")
+    assert first.returncode == 0, first
+    second = run_flow(None, "run", "--reuse")
+    said = decisions(second.stdout)
+    assert said["square"].startswith(f"reused from {first.run_id}/square/")
+    assert "square: 3 of 3 tasks reused, 0 ran." in second.stdout
+    assert "squaring" not in second.stdout
+    third = run_flow(None, "run", "--reuse", "--items", "1,2,3,4")
+    said = decisions(third.stdout)
+    assert said["start"] == "runs (parameter items '1,2,3' -> '1,2,3,4')"
+    assert said["square"] == ("runs (its foreach input changed: the list 'values' of step 'start')")
+    assert said["join"] == "runs (no earlier task with this key)" or said["join"].startswith(
+        "runs ("
+    )
+    run = client.Run(f"SplitReuseFlow/{third.run_id}")
+    assert run.data.total == 1 + 4 + 9 + 16
+    assert sorted(t.data.result for t in run["square"]) == [1, 4, 9, 16]
+
+
+def test_a_failed_task_is_never_reused_and_a_retried_success_is(run_flow, client):
+    source = """
+    from flowbook import FlowSpec, Parameter, current, retry, step
+
+    class FlakyFlow(FlowSpec):
+        fail = Parameter("fail", default=False)
+
+        @retry(times=1, minutes_between_retries=0)
+        @step
+        def start(self):
+            if current.retry_count == 0:
+                raise RuntimeError("first attempt fails")
+            self.x = 1
+            self.next(self.end)
+
+        @step
+        def end(self):
+            if self.fail:
+                raise RuntimeError("end fails")
+
+    if __name__ == "__main__":
+        FlakyFlow()
+    """
+    failed = run_flow(source, "run", "--reuse", "--fail", "true")
+    assert failed.returncode == 1, failed
+    again = run_flow(None, "run", "--reuse", "--fail", "true")
+    said = decisions(again.stdout)
+    assert said["start"].startswith(f"reused from {failed.run_id}/start/")  # retried, then fine
+    assert said["end"] == "runs (no earlier task with this key)"  # its only task failed
+    assert again.returncode == 1
+
+
+def test_resume_and_reuse_together(run_flow, client):
+    source = FOREACH.replace(
+        'print("squaring", self.input)',
+        'print("squaring", self.input)\n        assert self.input != int(__import__("os").environ.get("BAD", -1))',
+    )
+    failed = run_flow(source, "run", "--reuse", env={"BAD": "2"})
+    assert failed.returncode == 1, failed
+    resumed = run_flow(None, "resume", "--reuse")
+    assert resumed.returncode == 0, resumed
+    assert re.search(rf"Resuming run {failed.run_id} as run \d+:", resumed.stdout)
+    said = decisions(resumed.stdout)
+    # resume cloned start and the good splits; the failed split had no earlier success
+    assert "Cloned from" in resumed.stdout
+    assert said["square"] == "runs (no earlier task with this key)"
+    forced = run_flow(None, "resume", "square", "--reuse")
+    assert forced.returncode == 0, forced
+    said = decisions(forced.stdout)
+    assert said["square"] == "runs (resume was asked to run step 'square' again)"
+    run = client.Flow("SplitReuseFlow").latest_run
+    assert run.successful and run.data.total == 14
+    assert run["square"].task.run_reason == "runs (resume was asked to run step 'square' again)"
+
+
+def test_explain_lists_every_task(reuse_flow, run_flow):
+    first = reuse_flow()
+    second = reuse_flow(FLOW, "--alpha", "0.5")
+    result = run_flow(None, "explain", second.run_id)
+    assert result.returncode == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Run ReuseFlow/{second.run_id}:"
+    assert re.fullmatch(
+        rf"  start/1: reused from {first.run_id}/start/1 \(same code, inputs and parameters\)",
+        lines[1],
+    )
+    assert lines[3] == "  train/3: runs (parameter alpha 0.1 -> 0.5)"
+    plain = run_flow(None, "run")
+    assert run_flow(None, "explain").stdout.splitlines()[1] == "  start/1: ran (reuse was off)"
+    assert plain.returncode == 0
+
+
+def test_the_environment_turns_reuse_on_and_the_runner_takes_it(run_flow, client):
+    (run_flow.workdir / "helpers.py").write_text(HELPERS)
+    first = run_flow(FLOW, "run", env={"FLOWBOOK_RUN_REUSE": "1"})
+    assert decisions(first.stdout)["start"] == "runs (no earlier task with this key)"
+    off = run_flow(None, "run", env={"FLOWBOOK_RUN_REUSE": "0"})
+    assert decisions(off.stdout) == {}
+    bad = run_flow(None, "run", env={"FLOWBOOK_RUN_REUSE": "maybe"})
+    assert bad.returncode != 0 and "FLOWBOOK_RUN_REUSE='maybe'" in bad.stderr
+    from flowbook import Runner
+
+    runner = Runner(
+        str(run_flow.workdir / "flow.py"), show_output=False, env=run_flow.env, cwd=run_flow.workdir
+    )
+    executing = runner.run(reuse=True)
+    assert executing.status == "successful"
+    assert executing.run["end"].task.reused_from == f"ReuseFlow/{first.run_id}/end/4"
