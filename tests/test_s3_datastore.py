@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import pytest
 from conftest import MOTO_BUCKET, example_source
@@ -65,6 +66,24 @@ def test_a_missing_bucket_is_one_line_before_anything_runs(s3_env, tmp_path):
     assert "Workflow starting" not in run.stdout
 
 
+def in_forked_child(task: Any) -> str:
+    """What ``task()`` returns when run in a forked child (a task), as text."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(write, str(task()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    answer = os.read(read, 1000).decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return answer
+
+
 def test_forked_tasks_share_the_parsed_s3_model(moto_s3, monkeypatch):
     """Every S3 datastore of a process uses one botocore session, made before the task
     server forks, so a task's client does not parse S3's service model again."""
@@ -78,20 +97,201 @@ def test_forked_tasks_share_the_parsed_s3_model(moto_s3, monkeypatch):
     first.write_bytes("x.json", b"{}")
     session = storage._s3_session()
     assert first.fs.session is session
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # a task: a new datastore object, the parent's session
-        code = 1
-        try:
-            child = storage.open_storage(f"s3://{MOTO_BUCKET}/shared-b")
-            child.write_bytes("y.json", b"{}")
-            same = child.fs.session is session and child.fs is not first.fs
-            os.write(write, b"yes" if same else b"no")
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    answer = os.read(read, 3)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and answer == b"yes"
+
+    def task() -> bool:  # a new datastore object, the parent's session
+        child = storage.open_storage(f"s3://{MOTO_BUCKET}/shared-b")
+        child.write_bytes("y.json", b"{}")
+        return child.fs.session is session and child.fs is not first.fs
+
+    assert in_forked_child(task) == "True"
     assert storage.open_storage(f"s3://{MOTO_BUCKET}/shared-b").read_bytes("y.json") == b"{}"
+
+
+# ---------------------------------------------------------------------- requests
+@pytest.fixture
+def s3_storage(moto_s3, monkeypatch):
+    """A fresh S3 datastore storage on the session's moto server, and the list of
+    the S3 requests it sends (operation names, in order)."""
+    from flowbook.datastore import storage
+
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/requests-{uuid.uuid4().hex[:8]}")
+    sent: list[str] = []
+
+    def count(model: Any = None, **_: Any) -> None:
+        sent.append(model.name)
+
+    store.fs.connect()
+    events = store.fs._s3.meta.events
+    events.register("before-call.s3", count)
+    store.sent = sent
+    yield store
+    events.unregister("before-call.s3", count)
+
+
+def test_an_s3_record_is_one_request_each_way(s3_storage):
+    s3_storage.write_bytes("flows/F/1/s/1/0.done.json", b'{"status": "successful"}')
+    assert s3_storage.sent == ["PutObject"]
+    del s3_storage.sent[:]
+    assert s3_storage.read_bytes("flows/F/1/s/1/0.done.json") == b'{"status": "successful"}'
+    assert s3_storage.sent == ["GetObject"]  # no HEAD for the size first
+    del s3_storage.sent[:]
+    assert s3_storage.exists("flows/F/1/s/1/0.done.json")
+    assert not s3_storage.exists("flows/F/1/s/1/1.done.json")
+    assert s3_storage.sent == ["HeadObject", "HeadObject"]  # no LIST for a missing key
+    with pytest.raises(FileNotFoundError):
+        s3_storage.read_bytes("flows/F/1/s/1/1.done.json")
+    with pytest.raises(FileNotFoundError):
+        s3_storage.read_buffer("blobs/00/missing")
+
+
+def test_an_s3_blob_is_written_once_and_never_over(s3_storage):
+    path = "blobs/ab/abcdef"
+    assert s3_storage.write_new(path, [b"FBK2", memoryview(b"first")]) is True
+    assert s3_storage.sent == ["PutObject"]  # a conditional PUT, no HEAD first
+    del s3_storage.sent[:]
+    assert s3_storage.write_new(path, [b"other bytes"]) is False
+    assert s3_storage.sent == ["PutObject"]
+    assert s3_storage.read_bytes(path) == b"FBK2first"  # the first one stays
+
+
+def test_a_large_s3_blob_is_looked_for_before_it_is_sent(s3_storage, monkeypatch):
+    from flowbook.datastore import storage
+
+    monkeypatch.setattr(storage, "CONDITIONAL_PUT_BELOW", 16)
+    path = "blobs/cd/cdef"
+    assert s3_storage.write_new(path, [b"x" * 32]) is True
+    assert s3_storage.sent == ["HeadObject", "PutObject"]
+    del s3_storage.sent[:]
+    assert s3_storage.write_new(path, [b"y" * 32]) is False
+    assert s3_storage.sent == ["HeadObject"]  # not sent again
+    assert s3_storage.read_bytes(path) == b"x" * 32
+
+
+def test_large_s3_objects_go_up_and_down_in_parallel_parts(s3_storage, monkeypatch):
+    from flowbook.datastore import storage
+
+    monkeypatch.setattr(storage, "MULTIPART_FROM", 6 * 2**20)
+    monkeypatch.setattr(storage, "UPLOAD_PART_SIZE", 5 * 2**20)
+    monkeypatch.setattr(storage, "PARALLEL_PART_SIZE", 3 * 2**20 + 7)
+    data = os.urandom(13 * 2**20 + 5)
+    # chunks that do not line up with the parts, one of them a memoryview
+    chunks = [data[:100], memoryview(data)[100 : 7 * 2**20], data[7 * 2**20 :]]
+    s3_storage.write_chunks("blobs/ee/big", chunks)
+    assert s3_storage.sent == ["CreateMultipartUpload"] + ["UploadPart"] * 3 + [
+        "CompleteMultipartUpload"
+    ]
+    del s3_storage.sent[:]
+    buffer = s3_storage.read_buffer("blobs/ee/big")
+    assert isinstance(buffer, bytearray) and buffer == data
+    # the first range tells the size: no HEAD, five ranged GETs
+    assert s3_storage.sent == ["GetObject"] * 5
+
+
+def test_an_empty_or_small_s3_object_reads_whole(s3_storage):
+    s3_storage.write_bytes("tmp/empty", b"")
+    assert s3_storage.read_buffer("tmp/empty") == bytearray()
+    s3_storage.write_bytes("tmp/small", b"abc")
+    del s3_storage.sent[:]
+    assert s3_storage.read_buffer("tmp/small") == bytearray(b"abc")
+    assert s3_storage.sent == ["GetObject"]
+
+
+def test_a_failed_multipart_upload_leaves_nothing(s3_storage, monkeypatch):
+    from flowbook.datastore import storage
+    from flowbook.datastore.storage import DatastoreWriteError
+
+    monkeypatch.setattr(storage, "MULTIPART_FROM", 6 * 2**20)
+    monkeypatch.setattr(storage, "UPLOAD_PART_SIZE", 5 * 2**20)
+    real = s3_storage.fs._call_s3
+    parts = []
+
+    async def failing(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method == "upload_part":
+            parts.append(kwargs["PartNumber"])
+            if kwargs["PartNumber"] == 2:
+                raise OSError("connection reset by peer")
+        return await real(method, *args, **kwargs)
+
+    monkeypatch.setattr(s3_storage.fs, "_call_s3", failing)
+    with pytest.raises(DatastoreWriteError, match="connection reset"):
+        s3_storage.write_chunks("blobs/ff/broken", [os.urandom(12 * 2**20)])
+    monkeypatch.setattr(s3_storage.fs, "_call_s3", real)
+    assert not s3_storage.exists("blobs/ff/broken")  # never half an object
+    bucket, key = s3_storage._s3_key("blobs/ff/broken")
+    uploads = s3_storage.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+    assert not uploads.get("Uploads")  # aborted, not left behind
+
+
+def test_a_read_that_breaks_off_goes_on_from_where_it_stopped(s3_storage, monkeypatch):
+    data = os.urandom(3 * 2**20)
+    s3_storage.write_bytes("blobs/aa/resumed", data)
+    real = s3_storage.fs._call_s3
+    asked: list[str] = []
+    given: list[int] = []
+
+    class Breaking:
+        """A body that gives its first chunk, then breaks off."""
+
+        def __init__(self, body: Any) -> None:
+            self.body = body
+
+        async def iter_chunks(self, size: int) -> Any:
+            async for chunk in self.body.iter_chunks(size):
+                given.append(len(chunk))
+                yield chunk
+                raise ConnectionResetError("the connection broke off")
+
+        def close(self) -> None:
+            self.body.close()
+
+    async def breaking_once(method: str, *args: Any, **kwargs: Any) -> Any:
+        response = await real(method, *args, **kwargs)
+        if method == "get_object":
+            asked.append(kwargs.get("Range", "all"))
+            if len(asked) == 1:
+                response["Body"] = Breaking(response["Body"])
+        return response
+
+    monkeypatch.setattr(s3_storage.fs, "_call_s3", breaking_once)
+    assert s3_storage.read_bytes("blobs/aa/resumed") == data
+    assert asked == ["all", f"bytes={given[0]}-"] and 0 < given[0] < len(data)
+
+
+def test_forked_tasks_inherit_the_ssl_context_and_a_fresh_client(moto_s3, monkeypatch):
+    """Building an SSL context (and loading the certificate bundle into it) costs
+    ~30 ms of CPU, making a client ~12 ms: prepare_for_tasks does both once, without
+    sending a request; every client of the process and every task forked from it
+    uses that SSL context, and each forked task takes the spare client as its own."""
+    from flowbook.datastore import storage
+
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    first = storage.open_storage(f"s3://{MOTO_BUCKET}/ssl-a")
+    first.prepare_for_tasks()
+    assert storage._SSL_CONTEXTS, "prepare_for_tasks built no SSL context"
+    contexts = dict(storage._SSL_CONTEXTS)
+    # and a client for the next task, which it takes instead of making its own
+    spare_pid, spare_fs = storage._SPARE_CLIENTS[first._options_key()]
+    spare_client = spare_fs._s3
+    assert spare_pid == os.getpid() and spare_client is not first.fs._s3
+    first.write_bytes("x.json", b"{}")
+    assert contexts == storage._SSL_CONTEXTS  # the client used the prepared one
+
+    def task() -> str:  # the spare client, the parent's SSL context
+        child = storage.open_storage(f"s3://{MOTO_BUCKET}/ssl-b")
+        spare = storage._SPARE_CLIENTS.get(child._options_key())
+        adopted = spare is None and child.fs._s3 is spare_client
+        child.write_bytes("y.json", b"{}")
+        built = contexts != storage._SSL_CONTEXTS
+        sessions = child.fs._s3._endpoint.http_session._sessions.values()
+        used = [session.connector._ssl for session in sessions]
+        same = bool(used) and all(c in [v[0] for v in contexts.values()] for c in used)
+        return f"{same} {adopted} {built}"
+
+    assert in_forked_child(task) == "True True False"
+    assert in_forked_child(task) == "True True False"  # every task has its own copy
+    # the parent never sends a request with it: each forked task gets it fresh
+    assert spare_client._endpoint.http_session._sessions == {}
+    assert storage.open_storage(f"s3://{MOTO_BUCKET}/ssl-b").read_bytes("y.json") == b"{}"

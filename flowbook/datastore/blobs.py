@@ -209,10 +209,10 @@ class BlobStore:
         return StoredBlob(name, size)
 
     def _write_named(self, sha: str, chunks: list[bytes | memoryview]) -> None:
-        """Write the blob ``sha`` unless it exists (its name is already known)."""
-        path = self.path(sha)
-        if not self.storage.exists(path):
-            self.storage.write_chunks(path, chunks)
+        """Write the blob ``sha`` unless it exists (its name is already known): a
+        stored blob is never written over (on S3 a small one is a single conditional
+        PUT, see ``Storage.write_new``)."""
+        self.storage.write_new(self.path(sha), chunks)
 
     def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> tuple[str, list | None]:
         """A large blob: write it to a temporary file while two threads hash its

@@ -132,6 +132,19 @@ class Storage:
         """Write the concatenation of ``chunks`` at ``path`` atomically."""
         raise NotImplementedError
 
+    def write_new(self, path: str, chunks: Iterable[bytes | memoryview]) -> bool:
+        """Write the concatenation of ``chunks`` at ``path`` atomically unless an
+        object is there already (it is left as it is); whether this call wrote it.
+        For content-addressed objects, whose bytes their name fixes."""
+        if self.exists(path):
+            return False
+        self.write_chunks(path, chunks)
+        return True
+
+    def prepare_for_tasks(self) -> None:
+        """Called in a process that will fork task processes, before it forks: do
+        once what each task would otherwise do for itself."""
+
     def list(self, path: str) -> list[str]:
         """Names (not paths) directly under ``path``; empty when it does not exist."""
         raise NotImplementedError
@@ -167,6 +180,7 @@ class Storage:
                 "(s3://...) instead."
             )
         self.check_writable()
+        self.prepare_for_tasks()
 
     def space_problem(self) -> str | None:
         """A phrase saying that the datastore's disk is (nearly) full, e.g. "the disk
@@ -530,10 +544,26 @@ LISTING_CACHE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "abfs", "az", "adl")
 #: Large objects are read in ranges of this size, this many at once.
 PARALLEL_PART_SIZE = 64 * 2**20
 PARALLEL_PARTS = 8
+#: On S3, objects from this size on are uploaded in parts of UPLOAD_PART_SIZE,
+#: UPLOAD_PARTS at once (S3's minimum part size is 5 MiB).
+MULTIPART_FROM = 64 * 2**20
+UPLOAD_PART_SIZE = 32 * 2**20
+UPLOAD_PARTS = 8
+#: Blobs under this size are written with one conditional PUT (``If-None-Match: *``)
+#: instead of a HEAD and a PUT; larger ones are looked for first (not sent twice).
+CONDITIONAL_PUT_BELOW = 8 * 2**20
+#: How many times a read whose body broke off is tried again.
+READ_RETRIES = 3
 
 
 #: This process's botocore session for S3 datastores (see _s3_session).
 _S3_SESSION: list = []
+#: This process's SSL contexts for S3 clients, by verify settings (see _s3_http_session).
+_SSL_CONTEXTS: dict[tuple, Any] = {}
+_HTTP_SESSION_CLASS: list = []
+#: S3 clients made for the processes this one forks, and never used here, by the
+#: file system's options: (the pid that made it, the file system holding it).
+_SPARE_CLIENTS: dict[str, tuple[int, Any]] = {}
 
 
 def _s3_session() -> Any:
@@ -555,7 +585,81 @@ def _s3_session() -> Any:
     return _S3_SESSION[0]
 
 
+def _s3_http_session() -> type | None:
+    """aiobotocore's HTTP session class, made to share its SSL contexts within the
+    process (and with the processes it forks); None when that is not possible.
+
+    Every new S3 client builds an SSL context and loads the system's certificate
+    bundle into it (about 30 ms of CPU, even for an ``http://`` endpoint). A task is
+    a fresh process with a fresh client, so each task paid it; an SSL context is
+    meant to be shared by connections, and the task server's, built before it forks,
+    is shared by every task."""
+    if _HTTP_SESSION_CLASS:
+        return _HTTP_SESSION_CLASS[0]
+    try:
+        from aiobotocore.httpsession import AIOHTTPSession
+    except ImportError:
+        AIOHTTPSession = None  # noqa: N806
+    build = getattr(AIOHTTPSession, "_build_ssl_contexts", None)
+    if AIOHTTPSession is None or build is None:
+        _HTTP_SESSION_CLASS.append(None)
+        return None
+
+    class SharedSSLSession(AIOHTTPSession):
+        def _build_ssl_contexts(self, proxy_url: Any) -> Any:
+            key = (
+                repr(getattr(self, "_verify", None)),
+                getattr(self, "_cert_file", None),
+                getattr(self, "_key_file", None),
+                proxy_url,
+            )
+            contexts = _SSL_CONTEXTS.get(key)
+            if contexts is None:
+                contexts = _SSL_CONTEXTS[key] = build(self, proxy_url)
+            return contexts
+
+    _HTTP_SESSION_CLASS.append(SharedSSLSession)
+    return SharedSSLSession
+
+
+def _client_error_code(exc: BaseException) -> str:
+    """The S3 error code (``"PreconditionFailed"``, ``"InvalidRange"``) behind an
+    error s3fs translated, or ""."""
+    cause = exc.__cause__ or exc.__context__
+    response = getattr(cause, "response", None) or getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str((response.get("Error") or {}).get("Code", ""))
+    return ""
+
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    """What a response body that broke off raises (aiohttp's and asyncio's errors)."""
+    import asyncio
+
+    errors: tuple[type[BaseException], ...] = (OSError, asyncio.TimeoutError)
+    try:
+        import aiohttp
+    except ImportError:
+        return errors
+    return (*errors, aiohttp.ClientError)
+
+
+def _write_failed(url: str, path: str, exc: OSError) -> DatastoreWriteError:
+    if isinstance(exc, PermissionError):
+        return DatastoreWriteError(
+            f"Datastore {url} is read-only: {exc}", url, path, str(exc), exc.errno
+        )
+    return DatastoreWriteError(f"Datastore {url}: cannot write {path}: {exc}", url, path, str(exc))
+
+
 class FsspecStorage(Storage):
+    """Any fsspec file system. On S3 (s3fs), objects are read and written with S3's
+    own requests, one per object where one is enough: ``exists`` is one HEAD (s3fs
+    adds a LIST when the key is missing, to look for a directory), a record is read
+    with one GET (s3fs's ``cat_file`` asks for the size first), a large object is
+    read in ranges at once without asking for its size, and uploaded in parts from
+    the value's own buffers."""
+
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         import fsspec  # imported only for remote datastores: it is slow to import
 
@@ -566,34 +670,110 @@ class FsspecStorage(Storage):
             # s3fs (and gcsfs, adlfs) cache directory listings per process: another
             # process's writes (a task on a Dask worker) would stay invisible here
             options.setdefault("use_listings_cache", False)
-        if protocol in ("s3", "s3a") and "session" not in options:
+        is_s3 = protocol in ("s3", "s3a")
+        if is_s3 and "session" not in options:
             session = _s3_session()
             if session is not None:
                 options["session"] = session
+        if is_s3:
+            http_session = _s3_http_session()
+            config = dict(options.get("config_kwargs") or {})
+            if http_session is not None and "http_session_cls" not in config:
+                config["http_session_cls"] = http_session
+                options["config_kwargs"] = config
         endpoint = os.environ.get("FLOWBOOK_S3_ENDPOINT_URL")
-        if endpoint and protocol in ("s3", "s3a"):
+        if endpoint and is_s3:
             client_kwargs = dict(options.get("client_kwargs") or {})
             client_kwargs.setdefault("endpoint_url", endpoint)
             options["client_kwargs"] = client_kwargs
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
-        except (ImportError, ValueError) as exc:
+        except (ImportError, ValueError, TypeError) as exc:
             raise DatastoreError(f"Cannot open datastore {url}: {exc}") from None
         self.root = self.root.rstrip("/")
+        #: S3 through s3fs: objects are read and written with S3's own requests
+        self.s3 = is_s3 and hasattr(self.fs, "_call_s3") and hasattr(self.fs, "split_path")
+        if self.s3:
+            self._adopt_spare_client()
+
+    def _options_key(self) -> str:
+        """The file system's options, as a key that a forked process computes alike
+        (fsspec's own token includes the process id)."""
+        return repr(sorted(self.fs.storage_options.items(), key=lambda item: item[0]))
+
+    def _adopt_spare_client(self) -> None:
+        """In a process forked after ``prepare_for_tasks``: take the client the parent
+        made for it, instead of making one (~12 ms of CPU, and the pages of the
+        parent's botocore models it would touch and so copy). The client has never
+        sent a request: it holds no connection and no event loop (aiobotocore makes
+        its HTTP session at the first request, in this process's loop)."""
+        token = self._options_key()
+        spare = _SPARE_CLIENTS.get(token)
+        if spare is None or spare[0] == os.getpid() or getattr(self.fs, "_s3", None) is not None:
+            return
+        del _SPARE_CLIENTS[token]  # this process's copy: adopted once
+        spare_fs = spare[1]
+        names = ("_s3", "_s3creator", "_kwargs_helper")
+        if all(getattr(spare_fs, name, None) is not None for name in names):
+            for name in names:
+                setattr(self.fs, name, getattr(spare_fs, name))
 
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}" if path else self.root
 
+    def _s3_key(self, path: str) -> tuple[str, str]:
+        bucket, key, _ = self.fs.split_path(self._full(path))
+        return bucket, key
+
+    def _sync(self, coroutine_function: Any, *args: Any, **kwargs: Any) -> Any:
+        from fsspec.asyn import sync
+
+        return sync(self.fs.loop, coroutine_function, *args, **kwargs)
+
+    def prepare_for_tasks(self) -> None:
+        """Do now, once, what every task process forked from this one would otherwise
+        do for itself: on S3, read botocore's S3 model and endpoint rules into the
+        session, build the SSL context, and make a spare client that each forked
+        process takes as its own (see ``_adopt_spare_client``). No request is sent."""
+        if not self.s3:
+            return
+        try:
+            self.fs.connect()
+            session_class = _s3_http_session()
+            if session_class is not None:
+                session_class()._build_ssl_contexts(None)
+            token = self._options_key()
+            spare = _SPARE_CLIENTS.get(token)
+            if spare is None or spare[0] != os.getpid():
+                # a client for the next forked process (see _adopt_spare_client)
+                spare_fs = type(self.fs)(skip_instance_cache=True, **self.fs.storage_options)
+                spare_fs.connect()
+                _SPARE_CLIENTS[token] = (os.getpid(), spare_fs)
+        except Exception:  # only ever a head start: each task makes its own client
+            pass
+
+    # ------------------------------------------------------------ reading
     def exists(self, path: str) -> bool:
-        return self.fs.exists(self._full(path))
+        if not self.s3:
+            return self.fs.exists(self._full(path))
+        bucket, key = self._s3_key(path)
+        try:
+            self._sync(self.fs._call_s3, "head_object", Bucket=bucket, Key=key)
+        except FileNotFoundError:
+            return False
+        return True
 
     def read_bytes(self, path: str) -> bytes:
-        return self.fs.cat_file(self._full(path))
+        if not self.s3:
+            return self.fs.cat_file(self._full(path))
+        return bytes(self._sync(self._s3_read, *self._s3_key(path), False))
 
     def open_read(self, path: str) -> BinaryIO:
         return self.fs.open(self._full(path), "rb")
 
     def read_buffer(self, path: str) -> bytearray | memoryview:
+        if self.s3:
+            return self._sync(self._s3_read, *self._s3_key(path), True)
         full = self._full(path)
         if getattr(self.fs, "async_impl", False):
             size = self.fs.size(full)
@@ -603,6 +783,89 @@ class FsspecStorage(Storage):
             buffer = bytearray(handle.size)
             got = handle.readinto(buffer)
         return buffer if got == len(buffer) else memoryview(buffer)[:got]
+
+    async def _s3_read(self, bucket: str, key: str, in_parts: bool) -> bytearray:
+        """The whole object in one buffer. Without ``in_parts``: one GET. With it:
+        a GET of its first ``PARALLEL_PART_SIZE`` bytes, which also tells its size,
+        then the rest in ranges, ``PARALLEL_PARTS`` at once (each only if the object
+        is still the one first read: ``If-Match`` its ETag)."""
+        import asyncio
+
+        call = self.fs._call_s3
+        if not in_parts:
+            response = await call("get_object", Bucket=bucket, Key=key)
+            return await self._s3_body(response, bucket, key, None, 0)
+        try:
+            response = await call(
+                "get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{PARALLEL_PART_SIZE - 1}"
+            )
+        except OSError as exc:
+            if _client_error_code(exc) != "InvalidRange":
+                raise
+            # an empty object has no byte 0
+            response = await call("get_object", Bucket=bucket, Key=key)
+            return await self._s3_body(response, bucket, key, None, 0)
+        total = response.get("ContentLength") or 0
+        content_range = response.get("ContentRange") or ""
+        if content_range.rpartition("/")[2].isdigit():
+            total = int(content_range.rpartition("/")[2])
+        buffer = bytearray(total)
+        view = memoryview(buffer)
+        first = await self._s3_body(response, bucket, key, view, 0)
+        etag = response.get("ETag")
+        limit = asyncio.Semaphore(PARALLEL_PARTS)
+
+        async def fetch(start: int) -> None:
+            end = min(start + PARALLEL_PART_SIZE, total)
+            extra = {"IfMatch": etag} if etag else {}
+            async with limit:
+                part = await call(
+                    "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra
+                )
+                await self._s3_body(part, bucket, key, view[start:end], start)
+
+        await asyncio.gather(*(fetch(s) for s in range(first, total, PARALLEL_PART_SIZE)))
+        return buffer
+
+    async def _s3_body(
+        self, response: dict, bucket: str, key: str, into: memoryview | None, start: int
+    ) -> Any:
+        """Read a GET's body: into ``into`` (exactly its length; the count read is
+        returned), or whole (a bytearray). A body that breaks off is asked for again,
+        from where it broke off (``READ_RETRIES`` times)."""
+        body = response["Body"]
+        filled = 0
+        chunks: list[bytes] = []
+        tries = 0
+        while True:
+            try:
+                try:
+                    async for chunk in body.iter_chunks(1 << 20):
+                        if into is not None:
+                            if filled + len(chunk) > len(into):
+                                raise OSError(f"s3://{bucket}/{key}: longer than asked for")
+                            into[filled : filled + len(chunk)] = chunk
+                        else:
+                            chunks.append(chunk)
+                        filled += len(chunk)
+                finally:
+                    body.close()
+                break
+            except _body_errors() as exc:
+                tries += 1
+                if tries > READ_RETRIES or isinstance(exc, (FileNotFoundError, PermissionError)):
+                    raise
+                end = "" if into is None else str(start + len(into) - 1)
+                extra = {"Range": f"bytes={start + filled}-{end}"}
+                if response.get("ETag"):
+                    extra["IfMatch"] = response["ETag"]
+                response = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, **extra)
+                body = response["Body"]
+        if into is None:
+            return bytearray(b"".join(chunks))
+        if filled != len(into) and len(into) <= (response.get("ContentLength") or 0):
+            raise OSError(f"s3://{bucket}/{key}: short read at {start} ({filled} of {len(into)})")
+        return filled
 
     def _read_parts(self, full: str, size: int) -> bytearray:
         """A large object read in ranges at once (as it was written: in parts)."""
@@ -628,20 +891,108 @@ class FsspecStorage(Storage):
         sync(self.fs.loop, fetch_all)
         return buffer
 
+    # ------------------------------------------------------------ writing
     def write_chunks(self, path: str, chunks: Iterable[bytes | memoryview]) -> None:
+        self._write(path, list(chunks), exclusive=False)
+
+    def write_new(self, path: str, chunks: Iterable[bytes | memoryview]) -> bool:
+        """On S3: a small object is one PUT with ``If-None-Match: *`` (S3 refuses it
+        when the key exists); a large one is looked for first, so that it is not
+        sent again."""
         parts = list(chunks)
-        # one copy at most: bytes.join takes memoryviews as they are
-        data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        size = sum(memoryview(part).nbytes for part in parts)
+        if not self.s3 or size >= CONDITIONAL_PUT_BELOW:
+            return super().write_new(path, parts)
+        return self._write(path, parts, exclusive=True)
+
+    def _write(self, path: str, parts: list, exclusive: bool) -> bool:
         try:
+            if self.s3:
+                return self._sync(self._s3_write, *self._s3_key(path), parts, exclusive)
+            # one copy at most: bytes.join takes memoryviews as they are
+            data = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
             self.fs.pipe_file(self._full(path), data)
-        except PermissionError as exc:
-            raise DatastoreWriteError(
-                f"Datastore {self.url} is read-only: {exc}", self.url, path, str(exc), exc.errno
-            ) from None
+            return True
         except OSError as exc:
-            raise DatastoreWriteError(
-                f"Datastore {self.url}: cannot write {path}: {exc}", self.url, path, str(exc)
-            ) from None
+            raise _write_failed(self.url, path, exc) from None
+
+    async def _s3_write(self, bucket: str, key: str, parts: list, exclusive: bool) -> bool:
+        """PUT the concatenation of ``parts`` (one PUT, or a multipart upload from
+        ``MULTIPART_FROM`` bytes on). With ``exclusive``, not over an existing object:
+        False when there is one."""
+        views = [memoryview(part).cast("B") for part in parts]
+        size = sum(view.nbytes for view in views)
+        call = self.fs._call_s3
+        if size < MULTIPART_FROM:
+            data = b"".join(views)
+            extra = {"IfNoneMatch": "*"} if exclusive else {}
+            try:
+                await call("put_object", Bucket=bucket, Key=key, Body=data, **extra)
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                # a conditional write racing another one for the same key
+                if exclusive and _client_error_code(exc) in (
+                    "PreconditionFailed",
+                    "ConditionalRequestConflict",
+                ):
+                    return False
+                raise
+            return True
+        await self._s3_multipart(bucket, key, views, size)
+        return True
+
+    async def _s3_multipart(self, bucket: str, key: str, views: list, size: int) -> None:
+        """A multipart upload, ``UPLOAD_PARTS`` parts at once; each part is copied
+        once from the value's buffers (S3 wants bytes), only while it is sent. The
+        object appears whole when the upload completes, or not at all (aborted)."""
+        import asyncio
+
+        call = self.fs._call_s3
+        upload = await call("create_multipart_upload", Bucket=bucket, Key=key)
+        upload_id = upload["UploadId"]
+        limit = asyncio.Semaphore(UPLOAD_PARTS)
+        offsets = list(range(0, size, UPLOAD_PART_SIZE))
+
+        def part_bytes(start: int) -> bytes:
+            end = min(start + UPLOAD_PART_SIZE, size)
+            pieces, position = [], 0
+            for view in views:
+                lo, hi = max(start, position), min(end, position + view.nbytes)
+                if lo < hi:
+                    pieces.append(view[lo - position : hi - position])
+                position += view.nbytes
+                if position >= end:
+                    break
+            return b"".join(pieces)
+
+        async def send(number: int, start: int) -> dict:
+            async with limit:
+                out = await call(
+                    "upload_part",
+                    Bucket=bucket,
+                    Key=key,
+                    PartNumber=number,
+                    UploadId=upload_id,
+                    Body=part_bytes(start),
+                )
+            return {"PartNumber": number, "ETag": out["ETag"]}
+
+        try:
+            done = await asyncio.gather(*(send(i + 1, s) for i, s in enumerate(offsets)))
+            await call(
+                "complete_multipart_upload",
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": list(done)},
+            )
+        except BaseException:
+            try:
+                await call("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:  # the upload is left for the bucket's lifecycle rules
+                pass
+            raise
 
     def process_local_reason(self) -> str | None:
         """Process-local when fsspec's file system (or one it wraps, as ``dir::`` or
