@@ -422,3 +422,50 @@ def test_flow_ui_at_the_top_opens_empty_and_follows_the_cells(tmp_path, monkeypa
     assert printed(4) == "[(True, True)] done 1"
     assert any(o.output_type == "display_data" for o in nb.cells[8].outputs)
     assert printed(9) == "True not started []"
+
+
+def test_reused_steps_are_drawn_apart_with_their_reasons_live_and_from_records(run_flow, client):
+    import re
+
+    from flowbook.widgets import FlowPanel, RunState
+    from flowbook.widgets.panel import graph_of_run, status_html
+
+    assert run_flow(FLOW, "run", "--reuse").returncode == 0
+    second = run_flow(None, "run", "--reuse")
+    assert second.returncode == 0, second
+    run = client.Flow("PanelFlow").latest_run
+    graph = graph_of_run(run)
+    # from the records (a finished run, or a panel opened later)
+    state = RunState.from_run(run)
+    assert state.steps["body"].reused and state.steps["join"].reused
+    assert state.steps["body"].reason.startswith("reused from ")
+    assert state.steps["body"].reason.endswith("; 3 of 3 reused")
+    svg = dag_svg(graph, state)
+    assert re.search(r'id="flowbook-node-join" class="[^"]*flowbook-reused', svg)
+    assert "(reused)" in svg
+    table = status_html(state)
+    assert "<i>reused</i>" in table
+    assert "same code, inputs and parameters" in table
+    assert "reused from" in state.summary().splitlines()[1]
+    # live: the scheduler's events, as a run with some steps reused and one running
+    panel = FlowPanel(graph, RunState([s["name"] for s in run.graph]), run.datastore)
+    panel.on_event("run_seeded", {"pathspec": run.pathspec, "queued": 1})
+    reused = run["start"].task
+    panel.on_event(
+        "task_reused",
+        {
+            "step": "start",
+            "task_id": "1",
+            "reused_from": reused.reused_from,
+            "reason": reused.run_reason,
+        },
+    )
+    panel.on_event(
+        "task_reason", {"step": "body", "task_id": "2", "reason": "runs (its code changed)"}
+    )
+    panel.on_event("task_started", {"step": "body", "task_id": "2"})
+    panel.refresh(force=True)
+    assert re.search(r'id="flowbook-node-start" class="[^"]*flowbook-reused', panel.dag.value)
+    assert not re.search(r'id="flowbook-node-body" class="[^"]*flowbook-reused', panel.dag.value)
+    assert "runs (its code changed)" in panel.status.value
+    assert panel.state.steps["body"].tasks["2"].reason == "runs (its code changed)"

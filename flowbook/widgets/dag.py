@@ -21,6 +21,8 @@ COLORS = {
     FAILED: ("#ffd6d6", "#d32f2f"),
     STALE: ("#eeeeee", "#9e9e9e"),
 }
+#: A step whose tasks all reused earlier results (``--reuse``): done, drawn apart.
+REUSED_COLORS = ("#dcecfb", "#2f6fb5")
 SHAPES = {
     "start": "oval",
     "end": "oval",
@@ -56,19 +58,24 @@ def dag_svg(graph: FlowGraph, state: RunState | None = None) -> str:
     dot.attr("node", fontname="Helvetica", fontsize="11", style="filled")
     dot.attr("edge", color="#777777", arrowsize="0.7")
     for node in graph:
-        step_state = state.steps[node.name].state if state and node.name in state.steps else NOT_RUN
-        fill, line = COLORS[step_state]
+        step = state.steps.get(node.name) if state else None
+        step_state = step.state if step else NOT_RUN
+        reused = step is not None and step.reused and step_state == DONE
+        fill, line = REUSED_COLORS if reused else COLORS[step_state]
+        style = "filled,dashed" if step_state == STALE else "filled,bold" if reused else None
+        why = f"\n{step.reason}" if step and step.reason else ""
+        css = f"flowbook-node flowbook-state-{step_state}" + (" flowbook-reused" if reused else "")
         dot.node(
             node.name,
-            _label(graph, state, node.name),
+            _label(graph, state, node.name) + ("\n(reused)" if reused else ""),
             id=f"flowbook-node-{node.name}",
-            **{"class": f"flowbook-node flowbook-state-{step_state}"},
+            **{"class": css},
             shape=SHAPES.get(node.type, "box"),
             fillcolor=fill,
             color=line,
             penwidth="2" if step_state in (RUNNING, FAILED) else "1.2",
-            tooltip=(node.doc or node.name) + f" [{step_state}]",
-            **({"style": "filled,dashed"} if step_state == STALE else {}),
+            tooltip=(node.doc or node.name) + f" [{step_state}]{why}",
+            **({"style": style} if style else {}),
         )
         for target in node.out_funcs:
             if target in graph:
@@ -84,6 +91,9 @@ def dag_text(graph: FlowGraph, state: RunState | None = None) -> str:
     for node in graph:
         step_state = state.steps[node.name].state if state and node.name in state.steps else NOT_RUN
         label = _label(graph, state, node.name).replace("\n", " ")
+        step = state.steps.get(node.name) if state else None
+        if step is not None and step.reason:
+            label += f"  ({step.reason})"
         if node.foreach:
             arrow = f" -> {node.out_funcs[0]} (foreach {node.foreach})"
         elif node.out_funcs:

@@ -56,7 +56,14 @@ def _set_options(picker: widgets.Dropdown, options: list[str]) -> None:
 CHIP_STYLE = "display:inline-block;padding:0 8px;border-radius:9px;border:1px solid {};background:{};font-size:90%"
 TABLE_STYLE = "border-collapse:collapse;table-layout:fixed;min-width:520px"
 CELL_STYLE = "padding:2px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #e0e0e0"
-STATUS_COLUMNS = (("step", 160), ("state", 90), ("tasks", 150), ("attempts", 70), ("duration", 80))
+STATUS_COLUMNS = (
+    ("step", 160),
+    ("state", 90),
+    ("tasks", 150),
+    ("attempts", 70),
+    ("duration", 80),
+    ("why", 320),
+)
 TASK_COLUMNS = (
     ("split", 50),
     ("input", 170),
@@ -64,6 +71,7 @@ TASK_COLUMNS = (
     ("state", 90),
     ("attempts", 70),
     ("duration", 80),
+    ("why", 300),
 )
 
 
@@ -126,10 +134,11 @@ def status_html(state: RunState, input_of: Callable[[Any], str] | None = None) -
         rows.append(
             f"<tr class='flowbook-row flowbook-state-{step.state}' data-step='{escape(name)}'>"
             + _td(f"<b>{escape(name)}</b>", "flowbook-step-name")
-            + _td(state_chip(step.state))
+            + _td(state_chip(step.state) + (" <i>reused</i>" if step.reused else ""))
             + _td(progress)
             + _td(str(step.attempts or ""))
             + _td(_seconds(step.duration))
+            + _td(escape(step.reason or ""), "flowbook-reason")
             + "</tr>"
         )
         if len(step.tasks) > 1:
@@ -145,6 +154,7 @@ def status_html(state: RunState, input_of: Callable[[Any], str] | None = None) -
                 + _td(state_chip(t.state))
                 + _td(str(t.attempts))
                 + _td(_seconds(t.duration))
+                + _td(escape(t.reason or ""), "flowbook-reason")
                 + "</tr>"
                 for t in tasks
             ]

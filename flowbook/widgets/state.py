@@ -24,6 +24,10 @@ class TaskState:
     finished: float | None = None
     #: The innermost foreach frame of the task ({"index", "sha", "var", ...}), when known.
     frame: dict | None = None
+    #: The earlier task whose result this one reused (``--reuse``), if it was.
+    reused_from: str | None = None
+    #: Why it was reused or ran (``reused from ... (...)``, ``runs (...)``), with reuse on.
+    reason: str | None = None
 
     @property
     def index(self) -> int | None:
@@ -42,6 +46,8 @@ class StepState:
     tasks: dict[str, TaskState] = field(default_factory=dict)
     stale: bool = False
     expected: int | None = None  # tasks a foreach will have, when known
+    #: Why the step's first task was reused or runs (with reuse on), before it starts.
+    first_reason: str | None = None
 
     @property
     def state(self) -> str:
@@ -55,6 +61,22 @@ class StepState:
         if self.expected and len(states) < self.expected:
             return RUNNING
         return STALE if self.stale else DONE
+
+    @property
+    def reused(self) -> bool:
+        """Every task of the step reused an earlier result (none ran)."""
+        return bool(self.tasks) and all(t.reused_from for t in self.tasks.values())
+
+    @property
+    def reason(self) -> str | None:
+        """Why the step was reused or ran: its first task's reason, and how many of
+        several tasks were reused."""
+        reasons = [t.reason for t in self.tasks.values() if t.reason]
+        first = reasons[0] if reasons else self.first_reason
+        if first and len(self.tasks) > 1:
+            reused = sum(1 for t in self.tasks.values() if t.reused_from)
+            return f"{first}; {reused} of {len(self.tasks)} reused"
+        return first
 
     @property
     def done(self) -> int:
@@ -89,6 +111,7 @@ class RunState:
         self.started = False
         #: A notebook's interactive run: it never finishes; its steps run one cell at a time.
         self.interactive = False
+        self._reasons: dict[tuple[str, str], str | None] = {}
 
     def step(self, name: str) -> StepState:
         return self.steps.setdefault(name, StepState(name))
@@ -114,6 +137,22 @@ class RunState:
             step.stale = False
         elif kind == "task_failed" and task is not None:
             task.state, task.finished = FAILED, now
+        elif kind == "task_reused":
+            step.tasks[task_id] = TaskState(
+                task_id,
+                DONE,
+                1,
+                now,
+                now,
+                reused_from=info.get("reused_from"),
+                reason=info.get("reason"),
+            )
+            step.stale = False
+        elif kind == "task_reason":  # it will run: why, shown before it starts
+            step.first_reason = step.first_reason or info.get("reason")
+            self._reasons[(step_name, task_id)] = info.get("reason")
+        if kind == "task_started" and (step_name, task_id) in self._reasons:
+            step.tasks[task_id].reason = self._reasons.pop((step_name, task_id))
 
     def mark_stale(self, names: set[str]) -> None:
         for name, step in self.steps.items():
@@ -137,6 +176,8 @@ class RunState:
                     task.created_at,
                     task.finished_at,
                     frames[-1] if frames else None,
+                    task.reused_from,
+                    task.run_reason,
                 )
         state.finished = run.finished
         state.successful = run.successful if run.finished else None
@@ -161,6 +202,8 @@ class RunState:
                     record.get("started_at"),
                     record.get("finished_at"),
                     foreach_frame(record),
+                    record.get("reused_from"),
+                    record.get("run_reason"),
                 )
         state.mark_stale(stale)
         state.interactive = True
@@ -179,7 +222,8 @@ class RunState:
         lines = [f"{self.pathspec or 'flow'}: " + _outcome(self)]
         for name, step in self.steps.items():
             extra = f" {step.done}/{step.total}" if step.total > 1 else ""
-            lines.append(f"  {name:<20} {step.state}{extra}")
+            why = f"  {step.reason}" if step.reason else ""
+            lines.append(f"  {name:<20} {step.state}{extra}{why}")
         return "\n".join(lines)
 
 
