@@ -304,6 +304,27 @@ def test_explain_lists_every_task(reuse_flow, run_flow):
         lines[1],
     )
     assert lines[3] == "  train/3: runs (parameter alpha 0.1 -> 0.5)"
+    # the `flowbook` program, with no flow file: FLOW/RUN_ID
+    import subprocess
+    import sys
+
+    program = subprocess.run(
+        [sys.executable, "-m", "flowbook", "explain", f"ReuseFlow/{second.run_id}"],
+        cwd=run_flow.workdir,
+        env=run_flow.env,
+        capture_output=True,
+        text=True,
+    )
+    assert program.returncode == 0, program.stderr
+    assert program.stdout.splitlines() == lines
+    missing = subprocess.run(
+        [sys.executable, "-m", "flowbook", "explain", "ReuseFlow/123"],
+        cwd=run_flow.workdir,
+        env=run_flow.env,
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "Run ReuseFlow/123 does not exist" in missing.stderr
     plain = run_flow(None, "run")
     assert run_flow(None, "explain").stdout.splitlines()[1] == "  start/1: ran (reuse was off)"
     assert plain.returncode == 0

@@ -47,6 +47,8 @@ FILE is a FlowSpec file (the same as `python FILE COMMAND`) or a notebook (.ipyn
   resume   run again from the failed steps (or from STEP), reusing the rest
   logs     print a task's stored output: logs FILE RUN_ID/STEP[/TASK_ID]
   dump     print a task's artifacts:     dump FILE RUN_ID/STEP[/TASK_ID]
+  explain  each task of a run, reused or run, and why: explain FILE [RUN_ID], or
+           explain FLOW/RUN_ID without the file (docs/reuse.md)
   argo-workflows create|trigger FILE    deploy to / run on Argo Workflows (docs/argo.md)
   step-functions create|trigger FILE    deploy to / run on AWS Step Functions (docs/step_functions.md)
 
@@ -142,6 +144,12 @@ def main(argv: list[str] | None = None) -> None:
     if command in NOTEBOOK_COMMANDS:
         _notebook_tool(command, path, rest)
         return
+    if command == "explain" and _is_run_pathspec(path):
+        try:
+            _explain_run(top, path)
+        except FlowbookError as exc:
+            fail(str(exc))
+        return
     graph = None
     try:
         if path.endswith(".ipynb"):
@@ -155,6 +163,36 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(exc))
     sys.argv = [path, *top, command, *rest]
     flow_main(flow_cls, [*top, command, *rest], graph=graph)
+
+
+def _is_run_pathspec(path: str) -> bool:
+    """``FLOW/RUN_ID`` rather than a file: ``flowbook explain`` needs no flow file."""
+    import os
+
+    return (
+        path.count("/") == 1 and not path.endswith((".py", ".ipynb")) and not os.path.exists(path)
+    )
+
+
+def _explain_run(top: list[str], pathspec: str) -> None:
+    """``flowbook [--datastore URL] explain FLOW/RUN_ID``: print ``Run.explain()``."""
+    from .. import client
+    from ..exceptions import ClientError, FlowbookError
+
+    datastore = None
+    for index, word in enumerate(top):
+        if word.startswith("--datastore="):
+            datastore = word.partition("=")[2]
+        elif word == "--datastore" and index + 1 < len(top):
+            datastore = top[index + 1]
+    try:
+        run = client.Run(pathspec, datastore=datastore, namespace=None)
+        lines = run.explain()
+    except ClientError as exc:
+        raise FlowbookError(str(exc)) from None
+    print(f"Run {run.pathspec}:")
+    for line in lines:
+        print(f"  {line}")
 
 
 def _notebook_tool(command: str, path: str, rest: list[str]) -> None:
