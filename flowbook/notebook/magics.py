@@ -466,7 +466,7 @@ def _state(session: NotebookSession, step: str) -> str:
 
 
 def load_ipython_extension(shell: Any) -> None:
-    from . import cellmeta
+    from . import cellmeta, labcomm
 
     session = NotebookSession(shell)
     magics = FlowbookMagics(shell, session)
@@ -475,9 +475,13 @@ def load_ipython_extension(shell: Any) -> None:
     cellmeta.install(magics)
     shell.user_ns["flow"] = FlowResults(session)
     shell._flowbook_session = session
+    labcomm.install(session)  # the comm of the JupyterLab extension (extension/)
 
 
 def unload_ipython_extension(shell: Any) -> None:
+    from . import labcomm
+
+    labcomm.uninstall(shell)
     session = getattr(shell, "_flowbook_session", None)
     if session is not None:
         session.close()
