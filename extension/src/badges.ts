@@ -121,6 +121,7 @@ function fillStepBadge(
   badge.dataset.step = name;
   badge.dataset.roles = roles.join(' ');
   badge.dataset.state = progress.state;
+  badge.dataset.progress = progress.total > 1 ? `${progress.done}/${progress.total}` : '';
   badge.title =
     `flowbook step '${name}' (${form})` +
     (roles.length ? `: ${roles.join(', ')}` : '') +

@@ -70,7 +70,8 @@ export function flowDot(name: string, steps: IStepView[]): string {
     const state = step.source === 'missing' ? 'not-run' : step.progress.state;
     const [fill, line] = COLORS[state] ?? COLORS['not-run'];
     const p = step.progress;
-    const label = p.total > 1 || inForeach.has(step.name) ? `${step.name}\n${p.done}/${p.total}` : step.name;
+    const counted = p.total > 1 || (inForeach.has(step.name) && p.total > 0);
+    const label = counted ? `${step.name}\n${p.done}/${p.total}` : step.name;
     const styles = ['filled'];
     if (state === 'stale' || step.source === 'missing') {
       styles.push('dashed');
@@ -173,7 +174,7 @@ export class FlowDagPanel extends Widget {
   private _renderHeader(flow: NotebookFlow | null, name: string): void {
     const parts: string[] = [];
     if (flow?.run) {
-      parts.push(flow.mode === 'run' ? `run ${flow.run}` : `cells' run ${flow.run}`);
+      parts.push(flow.mode === 'run' ? `%flow run ${flow.run}` : `interactive run ${flow.run}`);
     }
     if (flow && !flow.connected) {
       parts.push('kernel: no %load_ext flowbook yet');

@@ -159,7 +159,8 @@ def browser(lab):
 def open_notebook(browser, lab: Lab, name: str, width: int = 1400, height: int = 1000):
     """A new page on notebook ``name``, its kernel idle; close it with ``page.close()``."""
     page = browser.new_page(viewport={"width": width, "height": height})
-    page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+    # ?reset: a fresh workspace, without the notebooks earlier pages opened
+    page.goto(f"{lab.url}/lab/tree/{name}?reset&token={lab.token}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     wait_idle(page)
     dismiss_news(page)
