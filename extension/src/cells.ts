@@ -20,6 +20,8 @@ export interface IStepDecl {
   foreach: string | null;
   join: boolean;
   options: Partial<Record<Option, string>>;
+  /** `--no-reuse` / `flowbook:no-reuse`: never reuse an earlier result of this step */
+  noReuse?: boolean;
 }
 
 export type CellMeaning =
@@ -91,6 +93,8 @@ export function parseStepLine(line: string): IStepDecl {
       }
     } else if (word === '--join') {
       step.join = true;
+    } else if (word === '--no-reuse') {
+      step.noReuse = true;
     } else if (word === '--foreach' && i + 1 < words.length) {
       step.foreach = words[++i];
     } else if (
@@ -128,7 +132,8 @@ export function stepFromTags(values: Map<string, string | null>): IStepDecl {
       .filter(n => n),
     foreach: values.get('foreach') || null,
     join: values.has('join'),
-    options: {}
+    options: {},
+    noReuse: values.has('no-reuse')
   };
   for (const key of OPTIONS) {
     const value = values.get(key);
@@ -155,6 +160,9 @@ export function stepTags(step: IStepDecl): string[] {
       tags.push(`${TAG_PREFIX}${key}=${step.options[key]}`);
     }
   }
+  if (step.noReuse) {
+    tags.push(`${TAG_PREFIX}no-reuse`);
+  }
   return tags;
 }
 
@@ -173,6 +181,9 @@ export function magicLine(step: IStepDecl): string {
     if (step.options[key]) {
       parts.push(`--${key}`, step.options[key]!);
     }
+  }
+  if (step.noReuse) {
+    parts.push('--no-reuse');
   }
   return parts.map(quoteWord).join(' ');
 }

@@ -53,7 +53,8 @@ class StepForm extends Widget implements Dialog.IBodyWidget<IStepDecl> {
         .filter(n => n),
       foreach: this._foreach.value.trim() || null,
       join: this._join.checked,
-      options: this._initial.options
+      options: this._initial.options,
+      noReuse: this._initial.noReuse
     };
   }
 

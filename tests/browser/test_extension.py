@@ -251,7 +251,7 @@ MAGICS = [
     "%%setup\nimport math",
     "%%parameters\nalpha = 0.5",
     "%%step start --next a b\nself.x = 1",
-    "%%step a --next join\nself.y = 2",
+    "%%step a --next join --no-reuse\nself.y = 2",
     "%%step b --next join --retry 2\nself.y = 3",
     "%%step join --join --next end\nself.z = max(i.y for i in inputs)",
     "%%step end\nprint(self.z)",
@@ -285,6 +285,7 @@ def test_convert_between_tags_and_magics_as_flowbook_tag_does(lab, browser, tmp_
         command(page, "docmanager:save")
         assert _cells(path) == _cells(tmp_path / "magics.ipynb")
         assert "%%step b --next join --retry 2" in _cells(path)[5][0]
+        assert "%%step a --next join --no-reuse" in _cells(path)[4][0]
     finally:
         page.close()
 
