@@ -52,7 +52,8 @@ def test_step_cells_status_runs_and_explain_in_a_kernel(tmp_path, monkeypatch):
     assert "train: runs (input 'data' changed, from step 'start')" in whole
     assert "model 20" in whole
     again = out[11]
-    assert again.count("reused from") == 3, again
+    assert len(re.findall(r"^(start|train|end): reused from", again, re.M)) == 3, again
+    assert "end                  done  reused from" in again  # the panel's text form
     explained = out[12].splitlines()
     assert re.fullmatch(r"Run NotebookFlow/\d+:", explained[0]), explained
     assert all("reused from" in line for line in explained[1:4]), explained

@@ -184,7 +184,7 @@ class NotebookSession:
         executor = self.executor
         executor.define(flow_cls, graph, _sources())
         parameters = self._parameter_index()
-        code, reuse_plan = self._reuse_plan(flow_cls, graph, run_id, parameters)
+        code, reuse_plan = self._reuse_plan(flow_cls, graph, run_id, parameters, {cell.name})
         scheduler = Scheduler(
             graph,
             self.datastore,
@@ -225,11 +225,16 @@ class NotebookSession:
         return records
 
     def _reuse_plan(
-        self, flow_cls: type, graph: FlowGraph, run_id: str, parameters: dict
+        self,
+        flow_cls: type,
+        graph: FlowGraph,
+        run_id: str,
+        parameters: dict,
+        only: set[str] | None = None,
     ) -> tuple[dict, ReusePlan]:
-        """The steps' code fingerprints, and what finds an earlier identical task of a
-        step: in this session's interactive run, then in earlier runs."""
-        code = code_fingerprints(flow_cls, graph, self.datastore)
+        """The steps' code fingerprints (of ``only`` those), and what finds an earlier
+        identical task of a step: in this session's interactive run, then earlier runs."""
+        code = code_fingerprints(flow_cls, graph, self.datastore, only)
         plan = ReusePlan(
             self.datastore, graph, run_id, current_user(), code, parameters, include_this_run=True
         )

@@ -49,19 +49,24 @@ def sha256_text(text: str) -> str:
 
 
 def code_fingerprints(
-    flow_cls: type, graph: FlowGraph, datastore: Datastore | None = None
+    flow_cls: type,
+    graph: FlowGraph,
+    datastore: Datastore | None = None,
+    only: set[str] | None = None,
 ) -> dict[str, dict]:
     """Each step's fingerprint (see the module's docstring), by step name.
 
     With ``datastore``, the texts of each step and of its support code are stored
     as blobs (once: they are content addressed) so that explanations can quote
     the line that changed. A step whose source cannot be read gets no fingerprint
-    (it is never reused)."""
+    (it is never reused). ``only`` limits the work to some steps."""
     # a notebook's flow brings its own (notebook/builder.py: NotebookCode)
     source = getattr(flow_cls, "_flowbook_code", None) or FileCode(flow_cls, graph)
     versions = {"python": sys.version.split()[0], "flowbook": __version__}
     prints = {}
     for node in graph:
+        if only is not None and node.name not in only:
+            continue
         func = getattr(flow_cls, node.name, None)
         code = getattr(func, "__code__", None)
         step = source.step_text(node.name)
