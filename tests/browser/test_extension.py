@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 import nbformat
-from conftest import SCREENSHOTS, command, open_notebook, wait_idle
+
+from .conftest import SCREENSHOTS, command, open_notebook, wait_idle
 
 T = "flowbook:"
 #: The kernel's colours (flowbook/widgets/dag.py), which the side panel uses too.

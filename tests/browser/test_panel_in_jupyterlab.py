@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from conftest import SCREENSHOTS, command, dismiss_news, open_notebook, wait_in_view
+from .conftest import SCREENSHOTS, command, dismiss_news, open_notebook, wait_in_view
 
 CELLS = [
     "%load_ext flowbook\n%flow name BrowserFlow",
