@@ -222,6 +222,15 @@ def test_flow_run_is_followed_as_a_run(kernel, notebook):
         ("start", "body", "join", "end"), "done"
     )
     assert final["body"]["total"] == 4  # start makes 4 items since the test above
+    # the same run again, every task reused (no task runs): all done all the same
+    messages, data = kernel.execute("%flow run --reuse --quiet", cell_id="cell-run-reuse")
+    assert not errors(messages)
+    final = last(data, "states")
+    assert final["mode"] == "run" and final["run"] != states[0]["run"]
+    assert {n: s["state"] for n, s in final["steps"].items()} == dict.fromkeys(
+        ("start", "body", "join", "end"), "done"
+    )
+    assert final["steps"]["body"]["done"] == 4
     # a step cell afterwards: the notebook's own run again
     code, _ = CELLS["end"]
     _, data = kernel.execute(code, cell_id="cell-end")

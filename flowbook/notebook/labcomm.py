@@ -223,7 +223,7 @@ class LabComm:
         step = self.steps.setdefault(step_name, _Step())
         if kind == "task_started":
             step.tasks[str(task_id)] = RUNNING
-        elif kind in ("task_finished", "task_cloned"):
+        elif kind in ("task_finished", "task_cloned", "task_reused"):  # reused: done at once
             step.tasks[str(task_id)] = DONE
         elif kind == "task_failed":
             step.tasks[str(task_id)] = FAILED
