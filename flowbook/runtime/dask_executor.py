@@ -82,27 +82,36 @@ class _LoadHandler:
     """Pickled to a spawned task server: unpickling it there loads the flow once (from
     its file or notebook) and gives the handler every forked task runs."""
 
-    def __init__(self, loader: list, datastore_url: str | None = None) -> None:
+    def __init__(self, loader: list) -> None:
         self.loader = loader
-        self.datastore_url = datastore_url
 
     def __reduce__(self) -> tuple:
-        return (_make_handler, (self.loader, self.datastore_url))
+        return (_make_handler, (self.loader,))
 
 
-def _make_handler(loader: list, datastore_url: str | None = None) -> Any:
+def _make_handler(loader: list) -> Any:
     from .task import execute_task
 
     flow_cls, graph = load_flow(loader)
-    if datastore_url:
-        _prepare_datastore(datastore_url)
     return lambda spec: execute_task(spec, flow_cls, graph)
+
+
+class _PrepareDatastore:
+    """Sent to a worker's task server (a ``define``): unpickling it there prepares the
+    datastore for the tasks the server forks from then on."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __reduce__(self) -> tuple:
+        return (_prepare_datastore, (self.url,))
 
 
 def _prepare_datastore(url: str) -> None:
     """In a worker's task server, before it forks tasks: open the datastore once and
-    let it do what every task would otherwise do (on S3: read botocore's S3 model,
-    build the SSL context; about 40 ms of CPU per task otherwise)."""
+    let it do what every task would otherwise do (on S3: read botocore's S3 model and
+    endpoint rules, build the SSL context, make a spare client: a spawned server that
+    never touched S3 left each task ~250 ms of parsing them)."""
     try:
         from ..datastore.storage import open_storage
 
@@ -118,14 +127,14 @@ class _WarmServer:
     lifeline); the server dies with the worker (end of file on its channel). Several
     worker threads share it: one at a time reads its events and files them by key."""
 
-    def __init__(self, loader: list, warm: list[str], datastore_url: str | None = None) -> None:
+    def __init__(self, loader: list, warm: list[str]) -> None:
         import threading
 
         from .server import TaskServerClient
 
-        handler = _LoadHandler(loader, datastore_url)
-        self.client = TaskServerClient.start_spawned(("pickled", _pickle(handler)))
+        self.client = TaskServerClient.start_spawned(("pickled", _pickle(_LoadHandler(loader))))
         self.warmed: set[str] = set()
+        self.prepared: set[str] = set()
         self.warm(warm)
         self.lock = threading.Lock()
         self.started: dict[str, int | None] = {}
@@ -137,6 +146,14 @@ class _WarmServer:
             if module not in self.warmed:
                 self.warmed.add(module)
                 self.client.warm(module)
+
+    def prepare(self, datastore_url: str) -> None:
+        """Have the server prepare this datastore for its tasks (once per URL)."""
+        if datastore_url not in self.prepared:
+            self.prepared.add(datastore_url)
+            self.client.define(
+                f"flowbook-datastore {datastore_url}", _pickle(_PrepareDatastore(datastore_url))
+            )
 
     def poll(self, token: str, timeout: float) -> None:
         with self.lock:
@@ -184,8 +201,10 @@ def _server_for_locked(loader: list, warm: list[str], datastore_url: str | None)
                     old.client.close()
                 except OSError:
                     pass
-        server = _SERVERS[key] = _WarmServer(loader, warm, datastore_url)
+        server = _SERVERS[key] = _WarmServer(loader, warm)
     server.warm(warm)
+    if datastore_url:
+        server.prepare(datastore_url)
     return server
 
 
