@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """What running on a Dask cluster and an S3 datastore costs.
 
-    python benchmarks/dask_overhead.py                 # 200 splits, 500 MB, 3 reps
-    python benchmarks/dask_overhead.py --splits 50 --mb 100 --reps 1
+    python benchmarks/dask_overhead.py                 # 200 splits, 3 reps
+    python benchmarks/dask_overhead.py --splits 50 --reps 1
 
 Starts, as processes on 127.0.0.1, an S3 API (moto's server) and a Dask cluster
 (``dask scheduler`` and ``dask worker --nworkers 2 --nthreads 1``), then measures
@@ -12,10 +12,11 @@ side by side in this one run:
   Dask, on a local datastore and on S3: wall time, and per task;
 * a breakdown of one Dask task's cost: the Dask round trip of a no-op submission,
   the start of a worker's task process (``python -m flowbook.runtime.dask_executor``
-  imports), with s3fs, and small S3 requests (PUT, GET, HEAD, LIST) to moto;
-* storing and loading an N MB NumPy artifact through flowbook's datastore on S3, and
-  the same bytes with plain s3fs (``pipe``/``cat``) and boto3 (``upload_fileobj``/
-  ``download_fileobj``, its transfer manager) against the same server.
+  imports), with s3fs, and small S3 requests (PUT, GET, HEAD, LIST) to moto, with
+  the CPU each costs the client and the server, and the S3 requests per task (counted
+  in moto's log).
+
+(The 500 MB artifact against plain s3fs/boto3 is ``s3_artifact.py``.)
 
 Prints medians in a table; asserts nothing. Everything started is stopped at the end.
 """
@@ -23,16 +24,16 @@ Prints medians in a table; asserts nothing. Everything started is stopped at the
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from s3bench import Moto, bench_env, load_average, machine_lines
 
 FLOW = """
 from flowbook import FlowSpec, step
@@ -64,41 +65,6 @@ if __name__ == "__main__":
 """
 
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_moto(env: dict) -> subprocess.Popen:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
-    )
-    os.environ.update(env)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.time() > deadline:
-                raise SystemExit("moto did not start") from None
-            time.sleep(0.1)
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="bench")
-    return proc
 
 
 def start_dask(workdir: Path, env: dict) -> tuple[str, list[subprocess.Popen]]:
@@ -142,7 +108,7 @@ def median_ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1000:.1f} ms"
 
 
-def breakdown(address: str, env: dict, reps: int) -> list[tuple[str, str]]:
+def breakdown(address: str, env: dict, reps: int, moto: Moto) -> list[tuple[str, str]]:
     import distributed
 
     rows = []
@@ -197,6 +163,7 @@ def breakdown(address: str, env: dict, reps: int) -> list[tuple[str, str]]:
     from flowbook.datastore.storage import open_storage
 
     storage = open_storage("s3://bench/breakdown")
+    storage.write_bytes("warm.json", b"{}")
     record = b'{"status": "successful"}' * 20
     for label, action in (
         ("S3 PUT of a 500-byte record", lambda i: storage.write_bytes(f"r/{i}.json", record)),
@@ -205,119 +172,35 @@ def breakdown(address: str, env: dict, reps: int) -> list[tuple[str, str]]:
         ("S3 LIST of a task directory", lambda i: storage.list("r")),
     ):
         samples = []
+        cpu, server = time.process_time(), moto.cpu_seconds()
         for i in range(50):
             started = time.perf_counter()
             action(i)
             samples.append(time.perf_counter() - started)
-        rows.append((label, median_ms(samples)))
-    return rows
-
-
-def artifact_io(mb: int, reps: int) -> list[tuple[str, str, str]]:
-    import boto3
-    import numpy as np
-    import s3fs
-
-    from flowbook.datastore import Datastore
-
-    array = np.random.default_rng(0).integers(0, 255, size=mb * 2**20, dtype=np.uint8)
-    data = array.tobytes()
-    size = len(data) / 2**20
-    import uuid
-
-    fs = s3fs.S3FileSystem(use_listings_cache=False)
-    s3 = boto3.client("s3")
-    results: dict[str, list[float]] = {}
-
-    def time_it(label: str, action) -> None:
-        started = time.perf_counter()
-        action()
-        results.setdefault(label, []).append(time.perf_counter() - started)
-
-    holder = {}
-    for _ in range(reps):
-        # a fresh datastore each time: a blob already stored is not stored again
-        datastore = Datastore(f"s3://bench/artifacts-{uuid.uuid4().hex}")
-        holder["ds"] = datastore
-        time_it(
-            "flowbook store", lambda: holder.update(entry=holder["ds"].store_artifact(array, "a"))
+        client_ms = (time.process_time() - cpu) * 1000 / 50
+        server_ms = (moto.cpu_seconds() - server) * 1000 / 50
+        rows.append(
+            (
+                f"{label} (CPU: client {client_ms:.1f} ms, moto {server_ms:.1f} ms)",
+                median_ms(samples),
+            )
         )
-        time_it("flowbook load", lambda: holder["ds"].load_artifact(holder["entry"], "a", "bench"))
-        time_it("s3fs pipe", lambda: fs.pipe_file("bench/plain/blob", data))
-        time_it("s3fs cat", lambda: fs.cat_file("bench/plain/blob"))
-        time_it(
-            "boto3 upload_fileobj",
-            lambda: s3.upload_fileobj(io.BytesIO(data), "bench", "plain/boto"),
-        )
-        time_it(
-            "boto3 download_fileobj",
-            lambda: s3.download_fileobj("bench", "plain/boto", io.BytesIO()),
-        )
-    rows = []
-    for label, samples in results.items():
-        seconds = statistics.median(samples)
-        rows.append((f"{label} ({size:.0f} MB)", f"{seconds:.3f} s", f"{size / seconds:.0f} MB/s"))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--splits", type=int, default=200)
-    parser.add_argument("--mb", type=int, default=500)
     parser.add_argument("--reps", type=int, default=3)
     options = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="flowbook-dask-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    procs: list[subprocess.Popen] = [start_moto(env)]
+    moto = Moto(workdir / "moto.log", "bench")
+    env = bench_env(moto.env)
+    os.environ.update(moto.env)
+    procs: list[subprocess.Popen] = []
     try:
-        address, dask_procs = start_dask(workdir, env)
-        procs[:0] = dask_procs
-        flow = workdir / "flow.py"
-        flow.write_text(FLOW.format(splits=options.splits))
-        common = ["--max-workers", "2", "--max-num-splits", str(options.splits)]
-        dask = ["--executor", "dask", "--dask-scheduler", address]
-        cases = {
-            "local executor, local datastore": (str(workdir / "ds"), []),
-            "local executor, S3 datastore": ("s3://bench/local", []),
-            "Dask (2 workers), local datastore": (str(workdir / "ds"), dask),
-            "Dask (2 workers), S3 datastore": ("s3://bench/dask", dask),
-        }
-        for datastore, extra in cases.values():  # once before timing: byte-compile, warm
-            timed_run(
-                [sys.executable, str(flow), "--datastore", datastore, "run", *common, *extra],
-                workdir,
-                env,
-            )
-        walls: dict[str, list[float]] = {label: [] for label in cases}
-        for _ in range(options.reps):
-            for label, (datastore, extra) in cases.items():
-                args = [sys.executable, str(flow), "--datastore", datastore, "run", *common, *extra]
-                walls[label].append(timed_run(args, workdir, env))
-        tasks = options.splits + 3
-        print(
-            f"\n## A {options.splits}-split foreach of trivial tasks ({tasks} tasks), --max-workers 2\n"
-        )
-        print(
-            "| Executor, datastore | wall time | per task (wall / tasks) | per task per worker slot |"
-        )
-        print("|---|---:|---:|---:|")
-        for label, samples in walls.items():
-            wall = statistics.median(samples)
-            print(
-                f"| {label} | {wall:.2f} s | {wall / tasks * 1000:.1f} ms "
-                f"| {wall * 2 / tasks * 1000:.1f} ms |"
-            )
-        print("\n## One Dask task, broken down\n")
-        print("| Part | median |")
-        print("|---|---:|")
-        for label, value in breakdown(address, env, options.reps):
-            print(f"| {label} | {value} |")
-        print(f"\n## A {options.mb} MB NumPy artifact on S3 (moto on 127.0.0.1)\n")
-        print("| Operation | median | throughput |")
-        print("|---|---:|---:|")
-        for label, seconds, rate in artifact_io(options.mb, options.reps):
-            print(f"| {label} | {seconds} | {rate} |")
+        address, procs = start_dask(workdir, env)
+        measure(options, workdir, moto, env, address)
     finally:
         for proc in procs:
             proc.terminate()
@@ -326,6 +209,71 @@ def main() -> None:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        moto.stop()
+
+
+def measure(
+    options: argparse.Namespace, workdir: Path, moto: Moto, env: dict, address: str
+) -> None:
+    flow = workdir / "flow.py"
+    flow.write_text(FLOW.format(splits=options.splits))
+    common = ["--max-workers", "2", "--max-num-splits", str(options.splits)]
+    dask = ["--executor", "dask", "--dask-scheduler", address]
+    cases = {
+        "local executor, local datastore": (str(workdir / "ds"), []),
+        "local executor, S3 datastore": ("s3://bench/local", []),
+        "Dask (2 workers), local datastore": (str(workdir / "ds"), dask),
+        "Dask (2 workers), S3 datastore": ("s3://bench/dask", dask),
+    }
+    for datastore, extra in cases.values():  # once before timing: byte-compile, warm
+        timed_run(
+            [sys.executable, str(flow), "--datastore", datastore, "run", *common, *extra],
+            workdir,
+            env,
+        )
+    load_before = load_average()
+    started = time.time()
+    walls: dict[str, list[float]] = {label: [] for label in cases}
+    requests: dict[str, list[int]] = {label: [] for label in cases}
+    for _ in range(options.reps):
+        for label, (datastore, extra) in cases.items():
+            args = [sys.executable, str(flow), "--datastore", datastore, "run", *common, *extra]
+            before = moto.requests()
+            walls[label].append(timed_run(args, workdir, env))
+            requests[label].append(moto.requests() - before)
+            print(f"  {label}: {walls[label][-1]:.2f} s (load {load_average()})", flush=True)
+    tasks = options.splits + 3
+    print(f"\n### Dask: a {options.splits}-split foreach of trivial tasks ({tasks} tasks)\n")
+    print(
+        f"Written by `python benchmarks/dask_overhead.py --splits {options.splits} "
+        f"--reps {options.reps}` on {time.strftime('%Y-%m-%d %H:%M')} "
+        f"({(time.time() - started) / 60:.0f} min for the foreach rows): a `dask scheduler` and "
+        "`dask worker --nworkers 2 --nthreads 1` and moto's S3 server, all processes on "
+        f"127.0.0.1; `--max-workers 2`; medians of {options.reps}. Load average (1/5/15 min) "
+        f"{load_before} before, {load_average()} after.\n"
+    )
+    print(
+        "| Executor, datastore | wall time | per task (wall / tasks) "
+        "| per task per worker slot | S3 requests per task |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for label, samples in walls.items():
+        wall = statistics.median(samples)
+        sent = statistics.median(requests[label]) / tasks
+        print(
+            f"| {label} | {wall:.2f} s | {wall / tasks * 1000:.1f} ms "
+            f"| {wall * 2 / tasks * 1000:.1f} ms | {sent:.1f} |"
+        )
+    print("\nEvery repetition (seconds):\n")
+    for label, samples in walls.items():
+        print(f"- {label}: " + ", ".join(f"{t:.2f}" for t in samples))
+    print("\n#### One Dask task, broken down\n")
+    print("| Part | median |")
+    print("|---|---:|")
+    for label, value in breakdown(address, env, options.reps, moto):
+        print(f"| {label} | {value} |")
+    print()
+    print("\n".join(machine_lines()))
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ the runs, as a user's install is byte-compiled.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from s3bench import Moto, bench_env, load_average, machine_lines
 
 FLOW = """
 from {package} import FlowSpec, Parameter, step
@@ -63,42 +63,6 @@ if __name__ == "__main__":
 BUCKET = "flowbook-bench"
 
 
-def start_moto() -> tuple[subprocess.Popen, dict[str, str]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                raise RuntimeError("moto's server did not start") from None
-            time.sleep(0.1)
-    subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            f"import boto3; boto3.client('s3').create_bucket(Bucket={BUCKET!r})",
-        ],
-        env=dict(os.environ, **env),
-        check=True,
-    )
-    return server, env
-
-
 def timed_run(package: str, workdir: Path, splits: int, env: dict[str, str]) -> float:
     """Seconds for one ``python flow.py run`` of ``splits`` splits; raises on failure."""
     path = workdir / f"{package}_flow.py"
@@ -118,54 +82,112 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--splits", type=int, default=200)
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--metaflow-reps",
+        type=int,
+        default=None,
+        help="repetitions of Metaflow (default: --reps); its S3 runs take minutes each",
+    )
     args = parser.parse_args()
-    server, s3_env = start_moto()
-    try:
-        with tempfile.TemporaryDirectory(prefix="fb-s3-foreach-") as tmp:
-            workdir = Path(tmp)
-            base = {
-                k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))
+    mf_reps = args.reps if args.metaflow_reps is None else args.metaflow_reps
+    with tempfile.TemporaryDirectory(prefix="fb-s3-foreach-") as tmp:
+        workdir = Path(tmp)
+        moto = Moto(workdir / "moto.log", BUCKET)
+        try:
+            measure(args, mf_reps, workdir, moto)
+        finally:
+            moto.stop()
+
+
+def measure(args: argparse.Namespace, mf_reps: int, workdir: Path, moto: Moto) -> None:
+    prefix = uuid.uuid4().hex[:8]
+    endpoint = moto.env["AWS_ENDPOINT_URL"]
+    envs = {
+        ("flowbook", "local"): bench_env({"FLOWBOOK_DATASTORE": str(workdir / ".flowbook")}),
+        ("metaflow", "local"): bench_env(
+            {
+                "METAFLOW_DEFAULT_DATASTORE": "local",
+                "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir),
             }
-            base.pop("PYTHONDONTWRITEBYTECODE", None)
-            base.setdefault("USER", "bench")
-            prefix = uuid.uuid4().hex[:8]
-            envs = {
-                ("flowbook", "local"): dict(base, FLOWBOOK_DATASTORE=str(workdir / ".flowbook")),
-                ("metaflow", "local"): dict(
-                    base,
-                    METAFLOW_DEFAULT_DATASTORE="local",
-                    METAFLOW_DATASTORE_SYSROOT_LOCAL=str(workdir),
-                ),
-                ("flowbook", "s3"): dict(
-                    base, **s3_env, FLOWBOOK_DATASTORE=f"s3://{BUCKET}/{prefix}/flowbook"
-                ),
-                ("metaflow", "s3"): dict(
-                    base,
-                    **s3_env,
-                    METAFLOW_DEFAULT_DATASTORE="s3",
-                    METAFLOW_DATASTORE_SYSROOT_S3=f"s3://{BUCKET}/{prefix}/metaflow",
-                    METAFLOW_S3_ENDPOINT_URL=s3_env["AWS_ENDPOINT_URL"],
-                    METAFLOW_DEFAULT_METADATA="local",
-                ),
-            }
-            times: dict[tuple[str, str], list[float]] = {key: [] for key in envs}
-            for _ in range(args.reps):
-                for store in ("local", "s3"):
-                    for package in ("flowbook", "metaflow"):
-                        key = (package, store)
-                        times[key].append(timed_run(package, workdir, args.splits, envs[key]))
-                        print(f"  {package:8s} {store:5s} {times[key][-1]:7.2f} s", flush=True)
-            print(f"\n{args.splits}-split foreach, medians of {args.reps}:")
-            for store in ("local", "s3"):
-                ours = statistics.median(times[("flowbook", store)])
-                theirs = statistics.median(times[("metaflow", store)])
+        ),
+        ("flowbook", "s3"): bench_env(
+            dict(moto.env, FLOWBOOK_DATASTORE=f"s3://{BUCKET}/{prefix}/flowbook")
+        ),
+        ("metaflow", "s3"): bench_env(
+            dict(
+                moto.env,
+                METAFLOW_DEFAULT_DATASTORE="s3",
+                METAFLOW_DATASTORE_SYSROOT_S3=f"s3://{BUCKET}/{prefix}/metaflow",
+                METAFLOW_S3_ENDPOINT_URL=endpoint,
+                METAFLOW_DEFAULT_METADATA="local",
+            )
+        ),
+    }
+    for package in ("flowbook", "metaflow"):  # once, untimed: byte-compile, warm caches
+        timed_run(package, workdir, 2, envs[(package, "local")])
+    load_before = load_average()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in envs}
+    requests: dict[tuple[str, str], list[int]] = {key: [] for key in envs}
+    moto_cpu: dict[tuple[str, str], list[float]] = {key: [] for key in envs}
+    started = time.time()
+    for rep in range(max(args.reps, mf_reps)):
+        for store in ("local", "s3"):
+            for package in ("flowbook", "metaflow"):
+                if rep >= (args.reps if package == "flowbook" else mf_reps):
+                    continue
+                key = (package, store)
+                before, cpu = moto.requests(), moto.cpu_seconds()
+                times[key].append(timed_run(package, workdir, args.splits, envs[key]))
+                requests[key].append(moto.requests() - before)
+                moto_cpu[key].append(moto.cpu_seconds() - cpu)
                 print(
-                    f"  {store:5s} datastore: flowbook {ours:7.2f} s, Metaflow {theirs:7.2f} s, "
-                    f"ratio {theirs / ours:5.1f}x"
+                    f"  {package:8s} {store:5s} {times[key][-1]:7.2f} s"
+                    + (f", {requests[key][-1]} S3 requests" if store == "s3" else "")
+                    + f"  (load {load_average()})",
+                    flush=True,
                 )
-    finally:
-        server.terminate()
-        server.wait()
+    tasks = args.splits + 3
+    minutes = (time.time() - started) / 60
+    print(f"\n### A {args.splits}-split foreach of trivial tasks ({tasks} tasks), S3 and local\n")
+    print(
+        f"Written by `python benchmarks/s3_foreach.py --splits {args.splits} --reps {args.reps}"
+        + (f" --metaflow-reps {mf_reps}" if mf_reps != args.reps else "")
+        + f"` on {time.strftime('%Y-%m-%d %H:%M')} ({minutes:.0f} min). Medians; the ratio is "
+        "Metaflow's median over flowbook's. Both frameworks ran the same flow "
+        "(`--max-workers 16`), alternating, against one moto server on 127.0.0.1 "
+        "(Metaflow: `METAFLOW_DEFAULT_DATASTORE=s3`, `METAFLOW_DATASTORE_SYSROOT_S3`, "
+        "`METAFLOW_S3_ENDPOINT_URL`; flowbook: `FLOWBOOK_DATASTORE=s3://...`, "
+        "`AWS_ENDPOINT_URL`). Load average (1/5/15 min) "
+        f"{load_before} before, {load_average()} after.\n"
+    )
+    print(
+        "| Datastore | flowbook | Metaflow | Metaflow / flowbook "
+        "| S3 requests per task (fb / MF) | moto CPU per task (fb / MF) | reps (fb / MF) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for store in ("local", "s3"):
+        ours = statistics.median(times[("flowbook", store)])
+        theirs = statistics.median(times[("metaflow", store)])
+        if store == "s3":
+            per_task = [
+                statistics.median(requests[(p, store)]) / tasks for p in ("flowbook", "metaflow")
+            ]
+            cpu = [
+                statistics.median(moto_cpu[(p, store)]) / tasks * 1000
+                for p in ("flowbook", "metaflow")
+            ]
+            extra = f"{per_task[0]:.1f} / {per_task[1]:.1f} | {cpu[0]:.0f} ms / {cpu[1]:.0f} ms"
+        else:
+            extra = "- | -"
+        print(
+            f"| {store} | {ours:.2f} s | {theirs:.1f} s | {theirs / ours:.1f}x | {extra} "
+            f"| {len(times[('flowbook', store)])} / {len(times[('metaflow', store)])} |"
+        )
+    print("\nEvery repetition (seconds):\n")
+    for key, samples in times.items():
+        print(f"- {key[0]}, {key[1]}: " + ", ".join(f"{t:.2f}" for t in samples))
+    print()
+    print("\n".join(machine_lines()))
 
 
 if __name__ == "__main__":
