@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from s3bench import Moto, bench_env, load_average, machine_lines
+from s3bench import Moto, bench_env, load_average, machine_lines, print_repetitions
 
 FLOW = """
 from flowbook import FlowSpec, step
@@ -264,9 +264,7 @@ def measure(
             f"| {label} | {wall:.2f} s | {wall / tasks * 1000:.1f} ms "
             f"| {wall * 2 / tasks * 1000:.1f} ms | {sent:.1f} |"
         )
-    print("\nEvery repetition (seconds):\n")
-    for label, samples in walls.items():
-        print(f"- {label}: " + ", ".join(f"{t:.2f}" for t in samples))
+    print_repetitions(walls)
     print("\n#### One Dask task, broken down\n")
     print("| Part | median |")
     print("|---|---:|")

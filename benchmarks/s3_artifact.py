@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-from s3bench import Moto, load_average, machine_lines
+from s3bench import Moto, load_average, machine_lines, print_repetitions
 
 BUCKET = "bench"
 
@@ -107,9 +107,7 @@ def main() -> None:
         ours = median["flowbook store" if "pipe" in label or "upload" in label else "flowbook load"]
         ratio = "" if label.startswith("flowbook") else f"{ours / seconds:.2f}x"
         print(f"| {label} | {seconds:.2f} s | {size / seconds:.0f} MB/s | {ratio} |")
-    print("\nEvery repetition (seconds):\n")
-    for label, samples in results.items():
-        print(f"- {label}: " + ", ".join(f"{t:.2f}" for t in samples))
+    print_repetitions(results)
     print()
     print("\n".join(machine_lines()))
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from s3bench import Moto, bench_env, load_average, machine_lines
+from s3bench import Moto, bench_env, load_average, machine_lines, print_repetitions
 
 FLOW = """
 from {package} import FlowSpec, Parameter, step
@@ -183,9 +183,7 @@ def measure(args: argparse.Namespace, mf_reps: int, workdir: Path, moto: Moto) -
             f"| {store} | {ours:.2f} s | {theirs:.1f} s | {theirs / ours:.1f}x | {extra} "
             f"| {len(times[('flowbook', store)])} / {len(times[('metaflow', store)])} |"
         )
-    print("\nEvery repetition (seconds):\n")
-    for key, samples in times.items():
-        print(f"- {key[0]}, {key[1]}: " + ", ".join(f"{t:.2f}" for t in samples))
+    print_repetitions({f"{key[0]}, {key[1]}": samples for key, samples in times.items()})
     print()
     print("\n".join(machine_lines()))
 

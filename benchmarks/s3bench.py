@@ -124,3 +124,10 @@ def machine_lines() -> list[str]:
         f"- {', '.join(versions)}",
         f"- flowbook from the working tree at commit {commit or '?'}",
     ]
+
+
+def print_repetitions(samples: dict[str, list[float]]) -> None:
+    """Every repetition's seconds, one line per measurement, as markdown."""
+    print("\nEvery repetition (seconds):\n")
+    for label, values in samples.items():
+        print(f"- {label}: " + ", ".join(f"{t:.2f}" for t in values))
