@@ -99,3 +99,38 @@ def test_flowbook_run_of_a_notebook_file_with_reuse(tmp_path):
     nbformat.write(nb, str(path))
     fourth = run()
     assert "start: runs (the setup code it uses changed: setup cell 1, line 1)" in fourth.stdout
+
+
+KERNEL_CASES = [
+    "%load_ext flowbook",  # 0
+    "%%setup\nSCALE = 2\nimport features",  # 1
+    "%%step start --next end\nself.x = SCALE * 10 + features.f()\nself.y = 1",  # 2
+    "%%step end\nprint('x is', self.x)",  # 3
+    "SCALE = 5",  # 4: an exploration cell rebinds a setup name
+    "%%step start --next end\nself.x = SCALE * 10 + features.f()\nself.y = 1",  # 5
+    "%flow status",  # 6
+    "%%setup\nSCALE = 2\nimport features",  # 7: the setup cell again
+    "open('features.py', 'w').write('def f():\\n    return 2\\n')",  # 8: edit the module
+    "%%step start --next end\nself.x = SCALE * 10 + features.f()\nself.y = 1",  # 9
+    "%%step start --next end\nself.x = SCALE * 10\nself.y = 1",  # 10: no module
+    "%%step start --next end\nself.x = SCALE * 10\nself.y = 3",  # 11
+    "%%step start --next end\nself.x = SCALE * 10 + 1\nself.y = 3",  # 12
+]
+
+
+def test_what_the_kernel_runs_is_what_is_fingerprinted(tmp_path, monkeypatch):
+    (tmp_path / "features.py").write_text("def f():\n    return 1\n")
+    nb = _notebook(KERNEL_CASES)
+    _execute(nb, tmp_path, tmp_path / ".flowbook", monkeypatch)
+    out = [_text(cell) for cell in nb.cells]
+    for index, cell in enumerate(nb.cells):
+        assert not _errors(cell), (index, out[index])
+    rebound = "'SCALE' was given a new value outside its %%setup cell"
+    assert f"start: runs ({rebound}" in out[5]
+    assert "stale now: end" in out[5]  # it ran with SCALE = 5: other results
+    assert f"start: {rebound}" in out[6]
+    assert "features.py changed on disk after it was imported here" in out[9]
+    assert "restart the kernel" in out[9]
+    # each reason compares with the cell's latest execution, not its first
+    assert "start: runs (its code changed: line 3)" in out[11]
+    assert "start: runs (its code changed: line 2)" in out[12]

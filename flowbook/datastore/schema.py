@@ -92,6 +92,11 @@ class TaskRecord(TypedDict):
     caught: NotRequired[bool]
     warm: NotRequired[list[str]]
     origin_pathspec: NotRequired[str]
+    reused_from: NotRequired[str]
+    run_reason: NotRequired[str]
+    code: NotRequired[dict]
+    reads: NotRequired[list[list]]
+    own: NotRequired[list[str]]
 
 
 class ParentInfo(TypedDict):
@@ -103,6 +108,7 @@ class ParentInfo(TypedDict):
     artifacts: dict[str, ArtifactEntry]
     dropped: dict[str, str]
     foreach_stack: list[ForeachFrame]
+    own: list[str]
     cloned: bool
 
 

@@ -21,7 +21,7 @@ from ..exceptions import FlowbookError
 from ..flowspec import FlowSpec, step
 from ..graph import FlowGraph, StepNode, _read_transitions
 from ..parameters import Parameter
-from ..runtime.fingerprint import statement
+from ..runtime.fingerprint import Statement
 from .cells import NotebookSource, StepCell, strip_ipython_lines
 
 
@@ -219,7 +219,10 @@ class NotebookCode:
         self.own_file = ""
         self.base_dir = os.path.dirname(os.path.abspath(notebook.path)) if notebook.path else ""
         self.base_dir = self.base_dir or os.getcwd()
-        self.statements: list[tuple] = []
+        self.extra_names: set[str] = set()
+        #: setup names whose value in the kernel is not the one their cell made
+        self.rebound: set[str] = set(notebook.rebound)
+        self.statements: list[Statement] = []
         for index, code in enumerate(notebook.setup):
             text = strip_ipython_lines(code)
             lines = text.splitlines(keepends=True)
@@ -230,11 +233,18 @@ class NotebookCode:
             for node in tree.body:
                 body = "".join(lines[node.lineno - 1 : node.end_lineno])
                 at = f"setup cell {index + 1}, line {node.lineno}"
-                self.statements.append(statement(at, body, node))
+                self.statements.append(Statement(at, body, node))
 
-    def step_text(self, name: str) -> tuple[str, int, str] | None:
+    def step_text(self, name: str) -> tuple | None:
         cell = self.notebook.steps.get(name)
         if cell is None:
             return None
-        # the magic line says next/foreach/join/decorators; the body starts below it
-        return f"{cell.magic_line()}\n{cell.body}", cell.first_line - 1, "cell"
+        # the magic line says next/foreach/join/decorators; the body starts below it.
+        # The key leaves out the run decorators (--retry, ...), as for a flow file.
+        shape = StepCell(cell.name, "", cell.next, cell.foreach, cell.join).magic_line()
+        try:
+            tree = ast.parse(cell.body or "\n")
+        except SyntaxError:
+            tree = None
+        text = f"{cell.magic_line()}\n{cell.body}"
+        return text, cell.first_line - 1, "cell", f"{shape}\n{cell.body}", tree

@@ -104,6 +104,8 @@ class NotebookSource:
     parameters: dict[str, Any] = field(default_factory=dict)
     steps: dict[str, StepCell] = field(default_factory=dict)
     path: str | None = None
+    #: Setup names whose value in the kernel is no longer the one their cell made.
+    rebound: set[str] = field(default_factory=set)
 
     def add_step(self, cell: StepCell) -> None:
         if cell.name in self.steps:

@@ -38,6 +38,10 @@ class NotebookSession:
         self.steps: dict[str, StepCell] = {}
         self.latest: dict[str, list[dict]] = {}
         self.stale: set[str] = set()
+        #: pathspec -> what the task made (artifact names and SHAs), for staleness
+        self._made: dict[str, frozenset] = {}
+        #: setup name -> id() of the value its setup cell made
+        self._setup_values: dict[str, int] = {}
         self.run_id: str | None = None
         self.last_task_id = 0
         self.last_run_pathspec: str | None = None
@@ -97,6 +101,48 @@ class NotebookSession:
 
     def register_setup(self, code: str) -> None:
         self.setup[self._cell_key()] = code
+        user_ns = self.shell.user_ns
+        for name in names_defined(code):  # the values this cell made (see source())
+            if name in user_ns:
+                self._setup_values[name] = id(user_ns[name])
+
+    def _rebound(self) -> set[str]:
+        """Setup names the kernel now holds another value for than their cell made (an
+        exploration cell assigned them): the tasks see that value, not the code's."""
+        user_ns = self.shell.user_ns
+        return {
+            name
+            for name, ident in self._setup_values.items()
+            if name in user_ns and id(user_ns[name]) != ident
+        }
+
+    def _stale_steps(self, graph: FlowGraph) -> set[str]:
+        """Steps whose latest tasks consumed other results than their parent steps'
+        latest ones (by content), and every step after one of those."""
+        stale: set[str] = set()
+        for node in graph.sorted_nodes():
+            name = node.name
+            if name not in self.latest:
+                continue
+            if any(parent in stale for parent in node.in_funcs):
+                stale.add(name)
+                continue
+            for parent in node.in_funcs:
+                if parent not in self.latest:
+                    continue
+                current = {
+                    self._made.get(_pathspec(self.flow_name, r)) for r in self.latest[parent]
+                }
+                consumed = {
+                    self._made.get(pathspec)
+                    for record in self.latest[name]
+                    for pathspec in record.get("parents", [])
+                    if pathspec.split("/")[2] == parent
+                }
+                if None in consumed or consumed != current:
+                    stale.add(name)
+                    break
+        return stale
 
     def register_parameters(self, code: str) -> None:
         self.parameter_names.update(parse_parameters(code, "the %%parameters cell").values)
@@ -107,6 +153,7 @@ class NotebookSession:
             setup=list(self.setup.values()),
             parameters={name: self._parameter_value(name) for name in self.parameter_names},
             steps=dict(self.steps),
+            rebound=self._rebound(),
         )
 
     def _parameter_value(self, name: str) -> Any:
@@ -216,11 +263,10 @@ class NotebookSession:
             scheduler.finished_records,
             key=lambda r: [f.get("index", 0) for f in r.get("foreach_stack", [])],
         )
-        unchanged = _same_results(self.latest.get(cell.name), records)
         self.latest[cell.name] = records
-        self.stale.discard(cell.name)
-        if not unchanged:  # the same artifacts again (reused): what follows is still valid
-            self.stale |= _downstream(graph, cell.name) & set(self.latest)
+        for record in records:
+            self._made[_pathspec(self.flow_name, record)] = _signature(record)
+        self.stale = self._stale_steps(graph)
         self._notify("step_done", {"step": cell.name})
         return records
 
@@ -417,15 +463,13 @@ def _downstream(graph: FlowGraph, step: str) -> set[str]:
     return found
 
 
-def _same_results(old: list[dict] | None, new: list[dict]) -> bool:
-    """Whether two runs of a step cell left the same artifacts (by content)."""
-    if old is None or len(old) != len(new):
-        return False
-    return all(
-        {k: v["sha"] for k, v in a.get("artifacts", {}).items()}
-        == {k: v["sha"] for k, v in b.get("artifacts", {}).items()}
-        for a, b in zip(old, new, strict=True)
-    )
+def _pathspec(flow: str, record: dict) -> str:
+    return f"{flow}/{record['run_id']}/{record['step']}/{record['task_id']}"
+
+
+def _signature(record: dict) -> frozenset:
+    """What a task made, by content: its artifacts' names and SHAs."""
+    return frozenset((name, entry["sha"]) for name, entry in record.get("artifacts", {}).items())
 
 
 def _parents_of(record: dict, parents: list[dict]) -> list[dict]:

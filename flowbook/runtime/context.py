@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 
 _NOT_LIST_LIKE = (str, bytes, bytearray, dict, set, frozenset)
 
+#: The name of the read ``merge_artifacts`` makes of each input's artifact names (not
+#: a Python name, so no artifact has it); its value is :func:`names_text`.
+NAMES = "*names"
+
+
+def names_text(artifacts: dict) -> str:
+    """An artifact index's names, as one comparable text."""
+    return "\n".join(sorted(artifacts))
+
 
 def inherited_artifacts(
     step: str, parameters: dict[str, dict], parents: list[dict], is_join: bool
@@ -194,6 +203,7 @@ class TaskContext:
         for view in inputs:
             parent = view._parent
             position = self._input_position.get(parent["pathspec"], -1)
+            self.reads[(position, NAMES)] = names_text(parent["artifacts"])
             for name, entry in parent["artifacts"].items():
                 candidates.setdefault(name, []).append((parent["pathspec"], entry))
                 self.reads[(position, name)] = entry["sha"]

@@ -42,6 +42,8 @@ def parent_info(flow: str, record: TaskRecord) -> ParentInfo:
         "artifacts": record["artifacts"],
         "dropped": record.get("dropped", {}),
         "foreach_stack": record.get("foreach_stack", []),
+        # what the parent made itself (the rest it passed on): for reuse's reasons
+        "own": record.get("own", []),
         # cloned by resume (not reused: a reused task equals an older run's, not the origin's)
         "cloned": bool(record.get("origin_pathspec")) and not record.get("reused_from"),
     }

@@ -34,7 +34,7 @@ from ..datastore import Datastore
 from ..datastore.records import shown_value
 from ..exceptions import CorruptRecordError
 from ..graph import FlowGraph
-from .context import inherited_artifacts
+from .context import NAMES, inherited_artifacts, names_text
 from .fingerprint import first_difference, load_texts, support_statements
 from .resume import task_identity, write_clone
 
@@ -107,22 +107,31 @@ class ReusePlan:
         code = self.code.get(step)
         if code is None:
             return Decision("its source could not be read, so it cannot be compared")
-        where = task_identity(step, split_stack)
-        lists = _lists(split_stack)
-        is_join = self.graph[step].is_join
+        if not code.get("key"):
+            return Decision(code.get("stale") or "it has no code fingerprint")
         previous = None
-        for record in self._earlier(step, where):
+        for record in self._earlier(step, task_identity(step, split_stack)):
             previous = previous or record
-            if (
-                (record.get("code") or {}).get("key") == code["key"]
-                and _lists(record.get("split_stack", [])) == lists
-                and "own" in record
-                and self._changed_read(record, parents, is_join) is None
-            ):
+            if self.stands_in(record, step, split_stack, parents):
                 return Decision(SAME, record)
         if previous is None:
             return Decision(NO_EARLIER)
+        is_join = self.graph[step].is_join
         return Decision(self._difference(previous, code, split_stack, parents, is_join))
+
+    def stands_in(
+        self, record: TaskRecord, step: str, split_stack: list[Frame], parents: list[ParentInfo]
+    ) -> bool:
+        """Whether the earlier task ``record`` gives what this task would: the same
+        code, foreach lists and values read (its place is the caller's to match)."""
+        key = (self.code.get(step) or {}).get("key")
+        return bool(
+            key
+            and (record.get("code") or {}).get("key") == key
+            and _lists(record.get("split_stack", [])) == _lists(split_stack)
+            and "own" in record
+            and self._changed_read(record, parents, self.graph[step].is_join) is None
+        )
 
     def _changed_read(
         self, record: TaskRecord, parents: list[ParentInfo], is_join: bool
@@ -142,6 +151,10 @@ class ReusePlan:
                 else:
                     entry = parents[0]["artifacts"].get(name)
             elif isinstance(source, int) and 0 <= source < len(parents):
+                if name == NAMES:  # merge_artifacts looked at the input's names
+                    if names_text(parents[source]["artifacts"]) != sha:
+                        return (source, name, sha, names_text(parents[source]["artifacts"]))
+                    continue
                 entry = parents[source]["artifacts"].get(name)
                 if entry is None:
                     entry = self.parameters.get(name)
@@ -163,15 +176,13 @@ class ReusePlan:
     ) -> str:
         """Why ``previous`` (the newest earlier task at this place) cannot stand in."""
         then = previous.get("code") or {}
-        if not then:
+        if not then.get("key"):
             return f"{NO_EARLIER} (the earlier tasks recorded no code fingerprint)"
         for part, label in (("python", "Python"), ("flowbook", "flowbook")):
             if then.get(part) != code.get(part):
                 return f"{label} {then.get(part)} -> {code.get(part)}"
         if then.get("step") != code.get("step"):
             return self._code_change(then, code)
-        if then.get("decorators") != code.get("decorators"):
-            return f"its decorators changed: {_decorators(then)} -> {_decorators(code)}"
         if then.get("support") != code.get("support"):
             return self._support_change(then, code)
         if then.get("helpers") != code.get("helpers"):
@@ -195,12 +206,17 @@ class ReusePlan:
             return f"parameter {name} {self._parameter_text(previous, name)} -> " + (
                 self._value_text(self.parameters.get(name), name)
             )
-        parent = parents[source if isinstance(source, int) else 0]["step"] if parents else "?"
+        info = parents[source if isinstance(source, int) else 0] if parents else None
+        parent = info["step"] if info else "?"
+        if name == NAMES:
+            return f"the artifacts it merges changed, from step '{parent}'"
+        made = info is None or name in (info.get("own") or [name])
+        origin = f"from step '{parent}'" if made else f"passed on by step '{parent}'"
         if new is None:
-            return f"input '{name}' is gone, from step '{parent}'"
+            return f"input '{name}' is gone, {origin}"
         if old is None:
-            return f"input '{name}' is new, from step '{parent}'"
-        return f"input '{name}' changed, from step '{parent}'"
+            return f"input '{name}' is new, {origin}"
+        return f"input '{name}' changed, {origin}"
 
     def _code_change(self, then: dict, code: dict) -> str:
         texts = (load_texts(self.datastore, then), load_texts(self.datastore, code))
@@ -324,7 +340,9 @@ class ReusePlan:
         if index is not None:
             return [dict(r, task_id=t, run_id=run_id, step=step) for t, r in index.items()]
         records = []
-        for task_id in ds.list_tasks(self.flow, run_id, step):
+        # newest first: a notebook's interactive run holds a step's tasks of every
+        # execution of its cell, and the latest one is the one to compare with
+        for task_id in reversed(ds.list_tasks(self.flow, run_id, step)):
             try:
                 attempt, record = ds.latest_attempt(self.flow, run_id, step, task_id)
             except CorruptRecordError:
@@ -332,11 +350,3 @@ class ReusePlan:
             if record:
                 records.append(dict(record, task_id=task_id, run_id=run_id, step=step))
         return records
-
-
-def _decorators(code: dict) -> str:
-    shown = [
-        "@" + d["name"] + "(" + ", ".join(f"{k}={v!r}" for k, v in d["attributes"].items()) + ")"
-        for d in code.get("decorators") or []
-    ]
-    return " ".join(shown) or "none"

@@ -352,6 +352,15 @@ class Scheduler:
         plan = self.resume_plan
         if plan is not None:
             origin = plan.clone_source(pending.step, pending.split_stack, pending.parents)
+            if (
+                origin is not None
+                and self.reuse_plan is not None
+                and (origin.get("code") or {}).get("key")
+                and not self.reuse_plan.stands_in(
+                    origin, pending.step, pending.split_stack, pending.parents
+                )
+            ):
+                origin = None  # with --reuse, not a task whose code or inputs differ now
             if origin is not None:
                 record = plan.clone(
                     origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
