@@ -295,3 +295,78 @@ def test_forked_tasks_inherit_the_ssl_context_and_a_fresh_client(moto_s3, monkey
     # the parent never sends a request with it: each forked task gets it fresh
     assert spare_client._endpoint.http_session._sessions == {}
     assert storage.open_storage(f"s3://{MOTO_BUCKET}/ssl-b").read_bytes("y.json") == b"{}"
+
+
+# ---------------------------------------------------------------------- blob cache
+@pytest.fixture
+def blob_cache(tmp_path, monkeypatch):
+    """This machine's blob cache in a directory of the test's own."""
+    from flowbook.datastore import blobs
+
+    root = tmp_path / "blob-cache"
+    monkeypatch.setenv(blobs.CACHE_ENV, str(root))
+    monkeypatch.setattr(blobs, "_CACHE_ROOT", [])
+    return root
+
+
+def test_a_blob_is_downloaded_once_per_machine(s3_storage, blob_cache):
+    """The splits of a foreach all read the list they split: the first task on a
+    machine downloads it, the others read this machine's copy."""
+    from flowbook.datastore import Datastore
+
+    writer = Datastore(storage=s3_storage)
+    value = list(range(2000))
+    entry = writer.store_artifact(value, "items")
+    assert "inline" not in entry
+    del s3_storage.sent[:]
+    assert Datastore(storage=s3_storage).load_artifact(entry, "items", "F/1/start/1") == value
+    assert s3_storage.sent == []  # kept when it was written
+    for copy in blob_cache.rglob(entry["sha"]):
+        copy.unlink()
+    reader = Datastore(storage=s3_storage)
+    assert reader.load_artifact(entry, "items", "F/1/start/1") == value
+    assert s3_storage.sent == ["GetObject"]
+    assert Datastore(storage=s3_storage).load_artifact(entry, "items", "F/1/start/1") == value
+    assert s3_storage.sent == ["GetObject"]  # the second reader: the copy
+
+
+def test_a_bad_copy_in_the_blob_cache_is_dropped_and_the_datastore_read(s3_storage, blob_cache):
+    from flowbook.datastore import Datastore
+
+    entry = Datastore(storage=s3_storage).store_artifact(list(range(2000)), "items")
+    (copy,) = blob_cache.rglob(entry["sha"])
+    data = bytearray(copy.read_bytes())
+    data[-3] ^= 0xFF  # e.g. planted by someone else, or a bad disk
+    copy.write_bytes(bytes(data))
+    del s3_storage.sent[:]
+    value = Datastore(storage=s3_storage).load_artifact(entry, "items", "F/1/start/1")
+    assert value == list(range(2000))
+    assert s3_storage.sent == ["GetObject"]
+    assert copy.read_bytes() != bytes(data)  # replaced by the datastore's bytes
+
+
+def test_the_blob_cache_can_be_turned_off(s3_storage, monkeypatch):
+    from flowbook.datastore import Datastore, blobs
+
+    monkeypatch.setenv(blobs.CACHE_ENV, "off")
+    monkeypatch.setattr(blobs, "_CACHE_ROOT", [])
+    entry = Datastore(storage=s3_storage).store_artifact(list(range(2000)), "items")
+    del s3_storage.sent[:]
+    for _ in range(2):
+        Datastore(storage=s3_storage).load_artifact(entry, "items", "F/1/start/1")
+    assert s3_storage.sent == ["GetObject", "GetObject"]
+
+
+def test_a_value_read_from_the_cache_and_kept_is_still_in_the_datastore(s3_storage, blob_cache):
+    """A copy says the datastore had the blob when it was cached; a task that keeps
+    such a value makes sure the datastore still has it (it may have been emptied)."""
+    from flowbook.datastore import Datastore
+
+    entry = Datastore(storage=s3_storage).store_artifact(list(range(2000)), "items")
+    path = f"blobs/{entry['sha'][:2]}/{entry['sha']}"
+    s3_storage.delete(path)  # the datastore emptied behind the cache's back
+    task = Datastore(storage=s3_storage)
+    value, mapped = task.read_artifact(entry, "items", "F/1/start/1")
+    again = task.store_artifact(value, "items", read_from=(entry, mapped))
+    assert again["sha"] == entry["sha"]
+    assert s3_storage.exists(path)  # written again

@@ -25,11 +25,18 @@ files: their bytes travel inline, base64-encoded, in the artifact's index entry
 file, and reading them verifies it the same way, so dedup, merges and resume
 compare them exactly like stored blobs. A task with a few small artifacts then
 writes no blob file at all, and a reader of 1000 tasks opens no blob file.
+
+Blobs of a remote datastore (S3) are also kept in a cache on this machine
+(:class:`BlobCache`): the splits of a foreach read the list they split, and
+usually the same parent artifacts, so the first task on a machine downloads a
+blob and the others read it from the local disk. Every read from the cache checks
+the bytes against the blob's name, as a read from the datastore does.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import struct
 
 from .. import jsonio
@@ -153,11 +160,166 @@ def _what(artifact_name: str) -> str:
     return f"artifact '{artifact_name}'" if artifact_name else "a blob"
 
 
+#: ``FLOWBOOK_BLOB_CACHE``: the directory of the machine's blob cache for remote
+#: datastores, or ``off``; default: ``flowbook-blob-cache-<uid>`` in the temp dir.
+CACHE_ENV = "FLOWBOOK_BLOB_CACHE"
+#: The cache keeps at most about this many bytes (the least recently used go first).
+CACHE_LIMIT = 2 << 30
+#: Blobs a task writes are kept in the cache up to this size (larger ones when read).
+CACHE_ON_WRITE_BELOW = 64 << 20
+#: Per process: the cache directory (False: none), found once and inherited by forks.
+_CACHE_ROOT: list = []
+
+
+def blob_cache_root() -> str | None:
+    """This machine's blob cache directory, made (mode 0700) when missing; None when
+    the cache is off or the directory is not a directory of this user's."""
+    if _CACHE_ROOT:
+        return _CACHE_ROOT[0] or None
+    value = os.environ.get(CACHE_ENV, "").strip()
+    root = None
+    if value.lower() not in ("0", "off", "no", "false"):
+        if not value:
+            import tempfile
+
+            value = os.path.join(tempfile.gettempdir(), f"flowbook-blob-cache-{os.getuid()}")
+        try:
+            os.makedirs(value, 0o700, exist_ok=True)
+            status = os.lstat(value)
+            import stat
+
+            if stat.S_ISDIR(status.st_mode) and status.st_uid == os.getuid():
+                root = value
+        except OSError:
+            root = None
+    _CACHE_ROOT.append(root or False)
+    return root
+
+
+class BlobCache:
+    """Blobs of one remote datastore, kept on this machine's disk by name.
+
+    A blob's bytes never change (its name is their hash), so a copy of them is as
+    good as the original; it is kept only once the datastore holds the blob (after
+    its upload, or read from there and checked), so a hit also says that the
+    datastore has it. Readers check every blob they take from here against its name
+    (a bad copy is dropped and the datastore read instead). Files are written under
+    a temporary name and renamed, so a reader never sees half of one; when the
+    cache holds more than ``CACHE_LIMIT`` bytes, the least recently used go."""
+
+    def __init__(self, root: str, url: str) -> None:
+        import hashlib
+
+        self.dir = os.path.join(root, hashlib.sha256(url.encode()).hexdigest()[:24])
+
+    @classmethod
+    def for_storage(cls, storage: Storage) -> BlobCache | None:
+        """The cache of ``storage``'s blobs; None for a local or a process-local one."""
+        if storage.is_local or storage.process_local_reason() is not None:
+            return None
+        root = blob_cache_root()
+        return cls(root, storage.url) if root else None
+
+    def _path(self, sha: str) -> str:
+        return os.path.join(self.dir, sha)
+
+    def get(self, sha: str) -> bytearray | memoryview | None:
+        """The cached bytes of ``sha`` (a copy-on-write mapping from 1 MiB on), or None."""
+        from .storage import MAP_FROM
+
+        try:
+            fd = os.open(self._path(sha), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size >= MAP_FROM:
+                import mmap
+
+                data: bytearray | memoryview = memoryview(
+                    mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+                )
+            else:
+                data = bytearray(size)
+                view, got = memoryview(data), 0
+                while got < size:
+                    count = os.readv(fd, [view[got:]])
+                    if not count:
+                        break
+                    got += count
+            os.utime(fd)  # recently used
+            return data
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def put(self, sha: str, chunks: list) -> None:
+        """Keep ``sha``'s bytes (best effort: a full or read-only disk just skips it)."""
+        path = self._path(sha)
+        if os.path.exists(path):
+            return
+        tmp = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
+        try:
+            os.makedirs(self.dir, 0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    while view:
+                        view = view[os.write(fd, view[: 8 << 20]) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return
+        self._trim()
+
+    def drop(self, sha: str) -> None:
+        try:
+            os.unlink(self._path(sha))
+        except OSError:
+            pass
+
+    def _trim(self) -> None:
+        """Remove the least recently used blobs (of every datastore) while the cache
+        holds more than ``CACHE_LIMIT`` bytes, down to three quarters of it."""
+        root = os.path.dirname(self.dir)
+        entries = []
+        try:
+            for directory in os.scandir(root):
+                if directory.is_dir(follow_symlinks=False):
+                    for entry in os.scandir(directory.path):
+                        status = entry.stat(follow_symlinks=False)
+                        entries.append((status.st_mtime, status.st_size, entry.path))
+        except OSError:
+            return
+        total = sum(size for _, size, _ in entries)
+        if total <= CACHE_LIMIT:
+            return
+        for _, size, path in sorted(entries):
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            if total <= CACHE_LIMIT * 3 // 4:
+                break
+
+
 class BlobStore:
     """Put and get Python objects by content hash."""
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        #: this machine's copies of a remote datastore's blobs (None: local, or off)
+        self.cache = BlobCache.for_storage(storage)
+        #: blobs this process read from the cache, not the datastore (see put_again)
+        self.from_cache: set[str] = set()
 
     @staticmethod
     def path(sha: str) -> str:
@@ -201,7 +363,9 @@ class BlobStore:
         name, size = hashing.blob_name(chunks)
         if inline and size <= INLINE_LIMIT:
             return StoredBlob(name, size, b"".join(chunks))
-        if name != sha:  # changed: the blob ``sha`` exists, this one may not
+        # changed: the blob ``sha`` exists, this one may not; or read from this
+        # machine's cache: the datastore had it when it was cached, and must still
+        if name != sha or sha in self.from_cache:
             try:
                 self._write_named(name, chunks)
             except DatastoreWriteError as exc:
@@ -213,6 +377,9 @@ class BlobStore:
         stored blob is never written over (on S3 a small one is a single conditional
         PUT, see ``Storage.write_new``)."""
         self.storage.write_new(self.path(sha), chunks)
+        size = sum(memoryview(chunk).nbytes for chunk in chunks)
+        if self.cache is not None and size < CACHE_ON_WRITE_BELOW:
+            self.cache.put(sha, chunks)
 
     def _write_while_hashing(self, chunks: list[bytes | memoryview]) -> tuple[str, list | None]:
         """A large blob: write it to a temporary file while two threads hash its
@@ -260,6 +427,15 @@ class BlobStore:
         what = what or f"blob {sha[:12]}"
         if inline is not None:
             return decode(bytearray(inline), sha, what, "inline blob"), None
+        if self.cache is not None:
+            cached = self.cache.get(sha)
+            if cached is not None:
+                try:
+                    value = decode(cached, sha, what, "cached blob")
+                    self.from_cache.add(sha)
+                    return value, None
+                except CorruptBlobError:  # a bad copy: the datastore has the blob
+                    self.cache.drop(sha)
         try:
             data, found_id = self.storage.read_buffer_and_identity(self.path(sha))
         except FileNotFoundError:
@@ -269,6 +445,8 @@ class BlobStore:
         layout: list = []
         verify = file_id is None or found_id != list(file_id)
         value = decode(data, sha, what, "blob", layout, verify)
+        if self.cache is not None and len(data) <= CACHE_LIMIT // 4:
+            self.cache.put(sha, [data])  # checked by decode: the datastore's bytes
         if layout and isinstance(data, memoryview):
             import mmap  # (imported by the storage when it mapped the file)
 
