@@ -44,7 +44,7 @@ from ..exceptions import ArtifactError, CorruptBlobError, DatastoreError
 from ..plain import Plain
 from . import hashing, pickling
 from .pickling import cpickle
-from .storage import DatastoreWriteError, Storage
+from .storage import DatastoreWriteError, LocalStorage, Storage
 
 MAGIC = b"FBK2"
 LEGACY_MAGIC = b"FBK1"
@@ -272,10 +272,7 @@ class BlobCache:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            LocalStorage.discard_temp(tmp)
             return
         self._trim()
 
