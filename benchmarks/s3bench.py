@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-#: A request line in moto's (werkzeug's) log: ``"PUT /bucket/key HTTP/1.1" 200 -``.
-REQUEST = re.compile(rb'"(GET|PUT|HEAD|POST|DELETE) [^"]*HTTP/1\.[01]"')
+#: A request line in moto's (werkzeug's) log: ``"PUT /bucket/key HTTP/1.1" 200 -``
+#: (answers other than 200 are coloured: ANSI escapes before the method).
+REQUEST = re.compile(rb'"(?:\x1b\[[0-9;]*m)*(?:GET|PUT|HEAD|POST|DELETE) [^"]*HTTP/1\.[01]')
 
 
 class Moto:
