@@ -222,6 +222,15 @@ def test_flow_run_is_followed_as_a_run(kernel, notebook):
         ("start", "body", "join", "end"), "done"
     )
     assert final["body"]["total"] == 4  # start makes 4 items since the test above
+    # a front end that comes now gets the cells' own run, then the latest %flow run
+    data = kernel.send_comm("comm_msg", {"kind": "ready", "protocol": 1})
+    assert [(d["kind"], d.get("mode")) for d in data] == [
+        ("graph", None),
+        ("states", "cells"),
+        ("states", "run"),
+    ]
+    assert data[1]["run"] == last(notebook["end"], "states")["run"]
+    assert data[2]["run"] == states[0]["run"]
     # the same run again, every task reused (no task runs): all done all the same
     messages, data = kernel.execute("%flow run --reuse --quiet", cell_id="cell-run-reuse")
     assert not errors(messages)

@@ -120,12 +120,13 @@ export class NotebookFlow implements IDisposable {
     return this._flowName;
   }
 
+  /** The run the side panel shows: the latest of the cells' run and a %flow run. */
   get run(): string | null {
-    return this._states?.run ?? null;
+    return this._latest()?.run ?? null;
   }
 
   get mode(): 'cells' | 'run' | null {
-    return this._states?.mode ?? null;
+    return this._latest()?.mode ?? null;
   }
 
   get cells(): IFlowCell[] {
@@ -182,15 +183,23 @@ export class NotebookFlow implements IDisposable {
     return [...views.values()];
   }
 
+  /** A step's state in the latest run (the side panel's). */
   progress(step: string): IStepProgress {
-    return this._states?.steps[step] ?? NOT_RUN;
+    return this._latest()?.steps[step] ?? NOT_RUN;
   }
 
-  /** The state a step cell shows: the kernel's, unless another cell defined the step. */
+  /**
+   * The state a step cell shows: its step in the cells' own run (a %flow run is the
+   * side panel's), unless another cell defined the step when it ran.
+   */
   cellProgress(cellId: string, step: string): IStepProgress {
     const known = (this._graph ?? []).find(s => s.name === step);
     const ranHere = !known?.cell_id || known.cell_id === cellId || !this._liveCell(known.cell_id);
-    return ranHere ? this.progress(step) : NOT_RUN;
+    return ranHere ? (this._states.cells?.steps[step] ?? NOT_RUN) : NOT_RUN;
+  }
+
+  private _latest(): IStatesMessage | null {
+    return this._states[this._latestMode];
   }
 
   dispose(): void {
@@ -267,7 +276,7 @@ export class NotebookFlow implements IDisposable {
   private _reset(): void {
     this._dropComm();
     this._graph = null;
-    this._states = null;
+    this._states = { cells: null, run: null };
     this._flowName = null;
     this._changed.emit();
   }
@@ -326,8 +335,9 @@ export class NotebookFlow implements IDisposable {
     if (data.kind === 'hello' || data.kind === 'graph') {
       this._flowName = data.flow ?? null;
       this._graph = Array.isArray(data.steps) ? data.steps : [];
-    } else if (data.kind === 'states') {
-      this._states = data as IStatesMessage;
+    } else if (data.kind === 'states' && (data.mode === 'cells' || data.mode === 'run')) {
+      this._states[data.mode as 'cells' | 'run'] = data as IStatesMessage;
+      this._latestMode = data.mode;
     } else {
       return;
     }
@@ -338,7 +348,11 @@ export class NotebookFlow implements IDisposable {
   private _disposed = false;
   private _comm: Kernel.IComm | null = null;
   private _graph: IKernelStep[] | null = null;
-  private _states: IStatesMessage | null = null;
+  private _states: { cells: IStatesMessage | null; run: IStatesMessage | null } = {
+    cells: null,
+    run: null
+  };
+  private _latestMode: 'cells' | 'run' = 'cells';
   private _flowName: string | null = null;
   private _cells: IFlowCell[] = [];
   private _cellsKey = '';

@@ -82,10 +82,12 @@ class LabComm:
         self.closed = False
         #: step -> id of the cell that defined it when it last ran (JupyterLab's cellId)
         self.cell_ids: dict[str, str] = {}
-        #: "cells" (the step cells' interactive run) or "run" (a %flow run)
+        #: What is shown of each kind of run, by mode: "cells" (the step cells'
+        #: interactive run, what the badges show) and "run" (the latest %flow run).
+        self.runs: dict[str, str | None] = {"cells": None, "run": None}
+        self.tasks: dict[str, dict[str, _Step]] = {"cells": {}, "run": {}}
+        #: the mode of the latest events (what the side panel shows)
         self.mode = "cells"
-        self.run: str | None = None
-        self.steps: dict[str, _Step] = {}
         self._last_sent: dict[str, Any] | None = None
         self._last_progress = 0.0
         self.comm = create_comm(
@@ -101,7 +103,11 @@ class LabComm:
         if data.get("kind") == "ready":
             self.present = True
             self.send_graph()
-            self.send_states(force=True)
+            latest = self.mode
+            for mode in ("run", "cells") if latest == "cells" else ("cells", "run"):
+                if mode == "cells" or self.runs["run"]:
+                    self.mode = mode
+                    self.send_states(force=True)  # the latest one last
 
     def _on_close(self, msg: Any = None) -> None:
         self.closed = True
@@ -162,13 +168,16 @@ class LabComm:
         self._send({"kind": "graph", **self._graph()})
 
     def states(self) -> dict[str, dict[str, Any]]:
+        """The steps' states in the run of the current mode."""
+        steps = self.tasks[self.mode]
         # the step running now is fresh, though the session drops it from `stale` at its end
         stale = self.session.stale - {self.session.running_step} if self.mode == "cells" else set()
-        names = list(self.session.steps) + [n for n in self.steps if n not in self.session.steps]
-        return {name: self.steps.get(name, _Step()).summary(name in stale) for name in names}
+        names = list(self.session.steps) + [n for n in steps if n not in self.session.steps]
+        return {name: steps.get(name, _Step()).summary(name in stale) for name in names}
 
     def send_states(self, force: bool = False) -> None:
-        message = {"kind": "states", "mode": self.mode, "run": self.run, "steps": self.states()}
+        run = self.runs[self.mode]
+        message = {"kind": "states", "mode": self.mode, "run": run, "steps": self.states()}
         if not force and message == self._last_sent:
             return
         if not force and self._last_sent is not None and _same_states(message, self._last_sent):
@@ -182,15 +191,15 @@ class LabComm:
     # ------------------------------------------------------------ session events
     def _from_session(self) -> None:
         """The interactive run's states as the session holds them (its latest tasks)."""
-        self.steps = {}
+        steps = self.tasks["cells"] = {}
         for name, records in self.session.latest.items():
-            step = self.steps[name] = _Step()
+            step = steps[name] = _Step()
             for record in records:
                 ok = record.get("status", "successful") == "successful"
                 step.tasks[str(record.get("task_id"))] = DONE if ok else FAILED
         self.mode = "cells"
         run_id = self.session.run_id
-        self.run = f"{self.session.flow_name}/{run_id}" if run_id else None
+        self.runs["cells"] = f"{self.session.flow_name}/{run_id}" if run_id else None
 
     def on_event(self, kind: str, info: dict) -> None:
         """A scheduler event of a step cell or a %flow run, or the session's step_done."""
@@ -199,17 +208,16 @@ class LabComm:
         running = self.session.running_step
         if kind == "run_seeded":
             if running is not None:  # a step cell: its tasks start again
-                if self.mode != "cells":
-                    self._from_session()
-                self.run = info.get("pathspec") or self.run
+                self.mode = "cells"
+                self.runs["cells"] = info.get("pathspec") or self.runs["cells"]
                 cell_id = _cell_id(self.session.shell)
                 if cell_id:
                     self.cell_ids[running] = cell_id
-                step = self.steps[running] = _Step()
+                step = self.tasks["cells"][running] = _Step()
                 step.expected = int(info.get("queued") or 0)
                 self.send_graph()
             else:  # a whole run starts: every step not run yet
-                self.mode, self.run, self.steps = "run", info.get("pathspec"), {}
+                self.mode, self.runs["run"], self.tasks["run"] = "run", info.get("pathspec"), {}
                 self.send_graph()
             self.send_states(force=True)
             return
@@ -220,7 +228,8 @@ class LabComm:
         step_name, task_id = info.get("step"), info.get("task_id")
         if step_name is None or task_id is None:
             return
-        step = self.steps.setdefault(step_name, _Step())
+        self.mode = "run" if running is None else "cells"
+        step = self.tasks[self.mode].setdefault(step_name, _Step())
         if kind == "task_started":
             step.tasks[str(task_id)] = RUNNING
         elif kind in ("task_finished", "task_cloned", "task_reused"):  # reused: done at once

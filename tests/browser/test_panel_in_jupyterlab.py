@@ -55,6 +55,16 @@ def test_panel_shows_a_failed_run_and_resumes_it(lab, browser):
         page.screenshot(path=str(SCREENSHOTS / "1-failed-run.png"), full_page=False)
         status = page.inner_text(".flowbook-status")
         assert "failed" in status and "done" in status
+        # The extension: the side panel follows the %flow run (body failed, end not run);
+        # each cell's badge keeps its own cell's state (end ran as a cell: done).
+        command(page, "flowbook:show-dag")
+        page.wait_for_selector("#flowbook-dag-panel g#flowbook-dag-body.flowbook-state-failed")
+        assert page.query_selector("#flowbook-dag-panel g#flowbook-dag-end.flowbook-state-not-run")
+        assert "%flow run BrowserFlow/" in page.inner_text(".flowbook-dag-detail")
+        assert page.get_attribute(".flowbook-badge[data-step=end]", "data-state") == "done"
+        assert page.get_attribute(".flowbook-badge[data-step=body]", "data-state") == "done"
+        page.screenshot(path=str(SCREENSHOTS / "1b-failed-run-side-panel.png"))
+        command(page, "application:toggle-right-area")
 
         # Artifact browser: the first step with tasks (start) and its artifact 'items'.
         panel = page.locator(".flowbook-panel").first
