@@ -246,6 +246,7 @@ class NotebookSession:
             on_event=lambda kind, info: (console.event(kind, info), self._notify(kind, info)),
             code=code,
             reuse_plan=reuse_plan if self.reuse_cells else None,
+            say_first_runs=False,
         )
         scheduler.set_first_task_id(self.last_task_id)
         self.running_step = cell.name

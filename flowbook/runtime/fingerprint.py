@@ -34,7 +34,6 @@ code), or a notebook's setup name was given a new value outside its setup cell.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 
@@ -92,6 +91,8 @@ class Statement:
 
 
 def sha256_text(text: str) -> str:
+    import hashlib  # not on a plain run's path (see LAZY_MODULES in runtime/task.py)
+
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -159,6 +160,12 @@ def code_fingerprints(
             print_["texts"] = [_keep(datastore, text), _keep(datastore, support_text)]
         prints[node.name] = print_
     return prints
+
+
+def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _unwrap(func: Any) -> Any:
@@ -446,7 +453,7 @@ def _local_modules(
         except OSError:
             continue
         relative = os.path.relpath(path, base_dir)
-        found[relative] = sha = hashlib.sha256(data).hexdigest()
+        found[relative] = sha = sha256_bytes(data)
         module = _module_by_file(path)
         if module is not None and _loaded_differs(path, sha):
             changed.append(relative)

@@ -140,6 +140,7 @@ class Scheduler:
         only_steps: set[str] | None = None,
         code: dict[str, dict] | None = None,
         reuse_plan: ReusePlan | None = None,
+        say_first_runs: bool = True,
     ) -> None:
         self.graph = graph
         self.flow = graph.name
@@ -158,6 +159,8 @@ class Scheduler:
         #: Each step's code fingerprint (runtime/fingerprint.py), kept in its records.
         self.code = code or {}
         self.reuse_plan = reuse_plan
+        #: Whether "runs (no earlier task with this key)" is said (not in a notebook cell).
+        self.say_first_runs = say_first_runs
         #: step -> [tasks reused, tasks run] and the decisions already said, for reuse.
         self.reuse_counts: dict[str, list[int]] = {}
         self._said: set[tuple[str, str]] = set()
@@ -374,9 +377,9 @@ class Scheduler:
                 return True
         if self.reuse_plan is None:
             return False
-        if plan is not None and pending.step in plan.forced:
-            from .reuse import Decision
+        from .reuse import Decision  # only with reuse on: not on a plain run's path
 
+        if plan is not None and pending.step in plan.forced:
             decision = Decision(f"resume was asked to run step '{plan.step}' again")
         else:
             decision = self.reuse_plan.decide(
@@ -411,13 +414,18 @@ class Scheduler:
         said = (step, "reused" if decision.origin is not None else decision.reason)
         if said in self._said:
             return
+        from .reuse import NO_EARLIER
+
+        if not self.say_first_runs and decision.reason == NO_EARLIER:
+            return  # a notebook cell's first run: nothing to explain
         self._said.add(said)
         self.console.message(f"{step}: {decision.text}")
 
     def _say_reuse_totals(self) -> None:
-        """For a step of several tasks, how many were reused and how many ran."""
+        """For a step of several tasks some of which were reused, how many were
+        reused and how many ran."""
         for step, (reused, ran) in self.reuse_counts.items():
-            if reused + ran > 1:
+            if reused and reused + ran > 1:
                 self.console.message(f"{step}: {reused} of {reused + ran} tasks reused, {ran} ran.")
 
     # ------------------------------------------------------------ finishing
