@@ -547,8 +547,8 @@ PARALLEL_PARTS = 8
 #: On S3, objects from this size on are uploaded in parts of UPLOAD_PART_SIZE,
 #: UPLOAD_PARTS at once (S3's minimum part size is 5 MiB).
 MULTIPART_FROM = 64 * 2**20
-UPLOAD_PART_SIZE = 32 * 2**20
-UPLOAD_PARTS = 8
+UPLOAD_PART_SIZE = 16 * 2**20
+UPLOAD_PARTS = 10
 #: Blobs under this size are written with one conditional PUT (``If-None-Match: *``)
 #: instead of a HEAD and a PUT; larger ones are looked for first (not sent twice).
 CONDITIONAL_PUT_BELOW = 8 * 2**20
