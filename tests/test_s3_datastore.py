@@ -370,3 +370,22 @@ def test_a_value_read_from_the_cache_and_kept_is_still_in_the_datastore(s3_stora
     again = task.store_artifact(value, "items", read_from=(entry, mapped))
     assert again["sha"] == entry["sha"]
     assert s3_storage.exists(path)  # written again
+
+
+def test_the_blob_cache_lets_the_least_recently_used_go(s3_storage, blob_cache, monkeypatch):
+    from flowbook.datastore import Datastore, blobs
+
+    monkeypatch.setattr(blobs, "CACHE_LIMIT", 15_000)  # about three of these blobs
+    datastore = Datastore(storage=s3_storage)
+    entries = []
+    for n in range(6):
+        entries.append(datastore.store_artifact(list(range(n, n + 2000)), "items"))
+        for copy in blob_cache.rglob("*"):  # the older a blob, the longer unused
+            if copy.is_file():
+                os.utime(copy, (copy.stat().st_atime - 10, copy.stat().st_mtime - 10))
+    kept = {copy.name for copy in blob_cache.rglob("*") if copy.is_file()}
+    total = sum(copy.stat().st_size for copy in blob_cache.rglob("*") if copy.is_file())
+    assert total <= 15_000
+    assert entries[-1]["sha"] in kept and entries[0]["sha"] not in kept
+    # what went is read from the datastore again
+    assert datastore.load_artifact(entries[0], "items", "F/1/s/1") == list(range(2000))

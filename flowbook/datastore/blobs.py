@@ -274,7 +274,12 @@ class BlobCache:
         except OSError:
             LocalStorage.discard_temp(tmp)
             return
-        self._trim()
+        # looking at the whole cache costs a stat per file: on average once per
+        # 1/64 of the limit written (the limit is loose by about that much)
+        import random
+
+        if random.random() * (CACHE_LIMIT >> 6) < os.path.getsize(path):
+            self._trim()
 
     def drop(self, sha: str) -> None:
         try:
