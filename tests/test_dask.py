@@ -307,6 +307,24 @@ def test_resume(on_executor, monkeypatch, resume_on, tmp_path, request):
         assert run["join"].task.data.total == 60
 
 
+def test_reuse(on_executor, monkeypatch):
+    """--reuse on both executors: the second run reuses every task (the datastore is
+    S3 on Dask), a changed parameter runs only the step that reads it."""
+    first = on_executor("branches", "run", "--reuse", "--scale", "2")
+    assert first.returncode == 0, first
+    second = on_executor(None, "run", "--reuse", "--scale", "2")
+    assert second.returncode == 0, second
+    assert "start: reused from" in second.output and "end: reused from" in second.output
+    assert "Task is starting" not in second.output  # no task ran
+    third = on_executor(None, "run", "--reuse", "--scale", "3")
+    assert third.returncode == 0, third
+    assert "parameter scale 2 -> 3" in third.output
+    with on_executor.client(monkeypatch) as client:
+        run = client.Flow("BranchesFlow").latest_run
+        assert run["join"].task.data.scale == 3
+        assert run["join"].task.data.result["each_join"] == [9, 6, 3, 0]
+
+
 # ---------------------------------------------------------------------- Dask only
 CHATTY = """
 import time
