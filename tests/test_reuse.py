@@ -560,3 +560,19 @@ def test_resume_with_reuse_does_not_clone_a_step_whose_code_changed(run_flow, cl
     assert said["square"].startswith("runs (its code changed: line")
     assert "Cloned from" in resumed.stdout  # start is still cloned by resume
     assert client.Flow("SplitReuseFlow").latest_run.data.total == 60
+
+
+def test_a_malformed_earlier_record_does_not_stop_a_run(reuse_flow, run_flow, client):
+    import json
+
+    first = reuse_flow()
+    index = run_flow.datastore / "flows" / "ReuseFlow" / first.run_id / "train.tasks.json"
+    assert index.exists(), sorted(p.name for p in index.parent.iterdir())
+    data = json.loads(index.read_text())
+    (task,) = data["tasks"].values()
+    task["reads"] = 5  # not a list of rows
+    index.write_text(json.dumps(data))
+    said = decisions(reuse_flow().stdout)
+    assert said["train"].startswith("runs (reuse could not decide: TypeError")
+    assert said["prepare"].startswith("reused from")
+    assert client.Flow("ReuseFlow").latest_run.data.model == pytest.approx(0.7)

@@ -191,10 +191,15 @@ class ReusePlan:
             return f"helper module {', '.join(changed)} changed"
         if _lists(previous.get("split_stack", [])) != _lists(split_stack):
             frame = next(
-                f
-                for f, g in zip(split_stack, previous.get("split_stack", []), strict=False)
-                if f["kind"] == "foreach" and f.get("sha") != g.get("sha")
+                (
+                    f
+                    for f, g in zip(split_stack, previous.get("split_stack", []), strict=False)
+                    if f["kind"] == "foreach" and f.get("sha") != g.get("sha")
+                ),
+                None,
             )
+            if frame is None:
+                return "its foreach input changed"
             return f"its foreach input changed: the list '{frame['var']}' of step '{frame['step']}'"
         changed = self._changed_read(previous, parents, is_join)
         if changed is None:
@@ -307,7 +312,10 @@ class ReusePlan:
                 return
             for record in self._step_records(runs[read], step):
                 if record.get("status") == "successful" and not record.get("caught"):
-                    key = task_identity(step, record.get("split_stack", []))
+                    try:
+                        key = task_identity(step, record.get("split_stack", []))
+                    except (KeyError, TypeError, AttributeError):
+                        continue  # a malformed record stands in for nothing
                     by_place.setdefault(key, []).append(record)
             read += 1
             self._seen[step] = (read, by_place)

@@ -382,12 +382,15 @@ class Scheduler:
         if plan is not None and pending.step in plan.forced:
             decision = Decision(f"resume was asked to run step '{plan.step}' again")
         else:
-            decision = self.reuse_plan.decide(
-                pending.step,
-                pending.split_stack,
-                pending.parents,
-                self.settings[pending.step]["reuse"],
-            )
+            try:
+                decision = self.reuse_plan.decide(
+                    pending.step,
+                    pending.split_stack,
+                    pending.parents,
+                    self.settings[pending.step]["reuse"],
+                )
+            except Exception as exc:  # reuse only saves time: never let it stop a task
+                decision = Decision(f"reuse could not decide: {type(exc).__name__}: {exc}")
         counts = self.reuse_counts.setdefault(pending.step, [0, 0])
         counts[decision.origin is None] += 1
         self._say_decision(pending.step, decision)
