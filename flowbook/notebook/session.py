@@ -231,7 +231,11 @@ class NotebookSession:
         executor = self.executor
         executor.define(flow_cls, graph, _sources())
         parameters = self._parameter_index()
-        code, reuse_plan = self._reuse_plan(flow_cls, graph, run_id, parameters, {cell.name})
+        try:
+            code, reuse_plan = self._reuse_plan(flow_cls, graph, run_id, parameters, {cell.name})
+        except Exception as exc:  # reuse only saves time: the cell still runs
+            code, reuse_plan = {}, None
+            console.error(f"Reuse is off for this cell: {type(exc).__name__}: {exc}")
         scheduler = Scheduler(
             graph,
             self.datastore,

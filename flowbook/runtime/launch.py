@@ -301,7 +301,13 @@ def _run(
     if reuse or record_code:
         from .fingerprint import code_fingerprints
 
-        code = code_fingerprints(flow_cls, graph, datastore)
+        try:
+            code = code_fingerprints(flow_cls, graph, datastore)
+        except Exception as exc:  # reuse only saves time: the run still runs
+            console.error(
+                f"Flow {graph.name}: reuse is off for this run: {type(exc).__name__}: {exc}"
+            )
+            reuse = False
     if reuse:
         from .reuse import ReusePlan
 
