@@ -389,3 +389,38 @@ def test_the_blob_cache_lets_the_least_recently_used_go(s3_storage, blob_cache, 
     assert entries[-1]["sha"] in kept and entries[0]["sha"] not in kept
     # what went is read from the datastore again
     assert datastore.load_artifact(entries[0], "items", "F/1/s/1") == list(range(2000))
+
+
+def test_a_task_leaves_its_record_for_a_scheduler_on_its_machine(s3_storage, tmp_path):
+    """The scheduler reads a remote task's record from the copy the task left on this
+    machine (one request fewer per task), removes it, and falls back to the datastore
+    when the copy is missing or not a sound record."""
+    from flowbook.datastore import Datastore
+
+    datastore = Datastore(storage=s3_storage)
+    record = {
+        "flow": "F",
+        "run_id": "1",
+        "step": "s",
+        "task_id": "1",
+        "attempt": 0,
+        "status": "successful",
+        "artifacts": {},
+    }
+    copy = tmp_path / "F_1_s_1_0.done.json"
+    datastore.write_attempt_done("F", "1", "s", "1", 0, record, copy_to=str(copy))
+    assert s3_storage.sent == ["PutObject"] and copy.exists()
+    s3_storage.sent.clear()
+    assert datastore.read_attempt_done("F", "1", "s", "1", 0, str(copy)) == record
+    assert s3_storage.sent == [] and not copy.exists()
+    # no copy: the datastore's record, in one request
+    assert datastore.read_attempt_done("F", "1", "s", "1", 0, str(copy)) == record
+    assert s3_storage.sent == ["GetObject"]
+    # a copy that is not a sound record is not believed
+    copy.write_text('{"status": 3}')
+    assert datastore.read_attempt_done("F", "1", "s", "1", 0, str(copy)) == record
+    # a directory that is gone: the record is still written, the copy is not
+    datastore.write_attempt_done(
+        "F", "1", "s", "2", 0, record, copy_to=str(tmp_path / "gone" / "x.done.json")
+    )
+    assert datastore.read_attempt_done("F", "1", "s", "2", 0) == record

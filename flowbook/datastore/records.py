@@ -339,16 +339,56 @@ class Datastore:
         self.storage.write_bytes(path, _dumps(record))
 
     def write_attempt_done(
-        self, flow: str, run_id: str, step: str, task_id: str, attempt: int, record: dict
+        self,
+        flow: str,
+        run_id: str,
+        step: str,
+        task_id: str,
+        attempt: int,
+        record: dict,
+        copy_to: str | None = None,
     ) -> None:
+        """Write the attempt's final record; then, with ``copy_to`` (a local file
+        path whose directory exists), a copy there for a scheduler on this machine,
+        which then need not fetch it from a remote datastore. The copy is only ever
+        a shortcut: failing to write it is not an error."""
         path = self.attempt_file(flow, run_id, step, task_id, attempt, "done.json")
-        self.storage.write_bytes(path, _dumps(record))
+        data = _dumps(record)
+        self.storage.write_bytes(path, data)
+        if copy_to:
+            tmp = f"{copy_to}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, copy_to)
+            except OSError:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
 
     def read_attempt_done(
-        self, flow: str, run_id: str, step: str, task_id: str, attempt: int
+        self,
+        flow: str,
+        run_id: str,
+        step: str,
+        task_id: str,
+        attempt: int,
+        copy_at: str | None = None,
     ) -> TaskRecord | None:
         """The attempt's final record, None while it has none; CorruptRecordError
-        (naming the file) when it cannot be read."""
+        (naming the file) when it cannot be read. With ``copy_at``, the local copy
+        the task left there (``write_attempt_done``) is read and removed instead,
+        when it is there and sound."""
+        if copy_at:
+            try:
+                with open(copy_at, "rb") as handle:
+                    record = jsonio.loads(handle.read())
+                os.unlink(copy_at)
+                if isinstance(record, dict) and _attempt_shape_error(record) is None:
+                    return record
+            except (OSError, ValueError):
+                pass  # no copy (another machine ran it): the datastore has the record
         path = self.attempt_file(flow, run_id, step, task_id, attempt, "done.json")
         return self._read_json(path, _attempt_shape_error)
 

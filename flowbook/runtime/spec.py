@@ -40,6 +40,7 @@ class TaskSpec(Plain):
         caught: ExceptionInfo | None = None,
         code: dict | None = None,
         run_reason: str | None = None,
+        record_copy: str | None = None,
     ) -> None:
         self.flow_name = flow_name
         self.run_id = run_id
@@ -62,6 +63,9 @@ class TaskSpec(Plain):
         self.code = code
         #: Why this task runs rather than being reused (with ``--reuse``).
         self.run_reason = run_reason
+        #: A local path where the task also leaves its final record, so that a
+        #: scheduler on this machine need not fetch it from a remote datastore.
+        self.record_copy = record_copy
 
     @property
     def pathspec(self) -> str:

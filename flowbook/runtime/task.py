@@ -220,7 +220,13 @@ def _run_attempt(
         if not datastore.storage.is_local:
             _upload_logs(datastore, spec)
         datastore.write_attempt_done(
-            spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt, record
+            spec.flow_name,
+            spec.run_id,
+            spec.step,
+            spec.task_id,
+            spec.attempt,
+            record,
+            copy_to=spec.record_copy,
         )
     except (DatastoreError, OSError) as exc:
         if "exception" not in record:
