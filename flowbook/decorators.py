@@ -78,7 +78,9 @@ def reuse(enabled: Any = True, **attributes: Any) -> Any:
     ``@reuse(True)`` are the default."""
     if callable(enabled):  # bare @reuse
         return _reuse(enabled)
-    return _reuse(enabled=bool(enabled), **attributes)
+    if not isinstance(enabled, bool):
+        raise FlowbookError(f"@reuse takes True or False, not {enabled!r}.")
+    return _reuse(enabled=enabled, **attributes)
 
 
 def schedule(
@@ -157,7 +159,9 @@ def step_settings(decorators: list[DecoratorSpec], step_name: str) -> dict[str, 
                 )
                 settings["timeout"] = seconds if seconds > 0 else None
             elif spec.name == "reuse":
-                settings["reuse"] = bool(attrs.get("enabled", True))
+                if not isinstance(attrs.get("enabled", True), bool):
+                    raise ValueError(attrs)  # --with reuse:enabled=no, say
+                settings["reuse"] = attrs.get("enabled", True)
             elif spec.name == "catch":
                 settings["catch"] = {
                     "var": attrs.get("var"),

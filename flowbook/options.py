@@ -321,7 +321,7 @@ def env_default(option: Option, environ: Mapping[str, str] | None = None) -> Any
     for variable in option.env:
         text = environ.get(variable)
         if text and option.is_flag:
-            return _flag_value(variable, text)
+            return flag_value(variable, text)
         if text:
             try:
                 return option.kind(text)
@@ -332,14 +332,15 @@ def env_default(option: Option, environ: Mapping[str, str] | None = None) -> Any
     return [] if option.repeatable else option.default
 
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+def flag_value(variable: str, text: str) -> bool:
+    """The flag an environment variable's text sets; FlowbookError naming it if the
+    text is no boolean (the words a boolean parameter takes)."""
+    from .parameters import FALSE_TEXTS, TRUE_TEXTS
 
-
-def _flag_value(variable: str, text: str) -> bool:
-    if text.strip().lower() in _TRUE:
+    word = text.strip().lower()
+    if word in TRUE_TEXTS:
         return True
-    if text.strip().lower() in _FALSE:
+    if word in FALSE_TEXTS:
         return False
     raise FlowbookError(f"{variable}={text!r}: expected 1 or 0 (true or false).")
 

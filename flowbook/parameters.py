@@ -32,8 +32,9 @@ class _JSONTypeMarker:
 
 JSONType = _JSONTypeMarker()
 
-_TRUE = {"1", "true", "t", "yes", "y", "on"}
-_FALSE = {"0", "false", "f", "no", "n", "off"}
+#: The texts a boolean parameter, or a flag from the environment, reads as True / False.
+TRUE_TEXTS = {"1", "true", "t", "yes", "y", "on"}
+FALSE_TEXTS = {"0", "false", "f", "no", "n", "off"}
 
 
 def parameter_env_name(name: str) -> str:
@@ -193,9 +194,9 @@ def _convert(kind: Any, value: Any) -> Any:
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()
-        if text in _TRUE:
+        if text in TRUE_TEXTS:
             return True
-        if text in _FALSE:
+        if text in FALSE_TEXTS:
             return False
         raise ValueError("not a boolean (use true or false)")
     if kind is int:

@@ -576,3 +576,15 @@ def test_a_malformed_earlier_record_does_not_stop_a_run(reuse_flow, run_flow, cl
     assert said["train"].startswith("runs (reuse could not decide: TypeError")
     assert said["prepare"].startswith("reused from")
     assert client.Flow("ReuseFlow").latest_run.data.model == pytest.approx(0.7)
+
+
+def test_a_bad_reuse_value_is_refused_before_a_run_is_recorded(reuse_flow, run_flow):
+    result = run_flow(FLOW, "--with", "reuse:enabled=no", "run")
+    assert result.returncode == 1
+    assert "@reuse on step 'start' has an invalid value: {'enabled': 'no'}." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (run_flow.datastore / "flows").exists()
+    bad = FLOW.replace("    @step\n    def prepare", "    @reuse('no')\n    @step\n    def prepare")
+    result = run_flow(bad, "run")
+    assert result.returncode == 1
+    assert "@reuse takes True or False, not 'no'." in result.stderr

@@ -18,7 +18,7 @@ from ..decorators import step_settings
 from ..exceptions import FlowbookError, StepFailed
 from ..graph import FlowGraph
 from ..identity import current_user, system_tags
-from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
+from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS, flag_value
 from ..runtime.fingerprint import code_fingerprints
 from ..runtime.frames import parent_info
 from ..runtime.launch import store_parameters
@@ -54,12 +54,8 @@ class NotebookSession:
         self.live_panel: Any = None
         #: Whether re-running a step cell whose code and inputs did not change reuses
         #: its result (`%flow reuse on|off`; FLOWBOOK_RUN_REUSE=0 turns it off).
-        self.reuse_cells = os.environ.get("FLOWBOOK_RUN_REUSE", "1").lower() not in (
-            "0",
-            "false",
-            "no",
-            "off",
-        )
+        reuse = os.environ.get("FLOWBOOK_RUN_REUSE")
+        self.reuse_cells = flag_value("FLOWBOOK_RUN_REUSE", reuse) if reuse else True
 
     # ------------------------------------------------------------ naming, resources
     @property

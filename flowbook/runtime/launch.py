@@ -7,6 +7,7 @@ import sys
 import time
 
 from ..datastore import Datastore
+from ..decorators import step_settings
 from ..exceptions import DatastoreError, ParameterError
 from ..graph import FlowGraph
 from ..identity import current_user, system_tags
@@ -264,6 +265,8 @@ def _run(
     reuse: bool,
     record_code: bool,
 ) -> RunOutcome:
+    for node in graph:  # a bad decorator value is said before any run is recorded
+        step_settings(node.decorators, node.name)
     user = current_user()
     tags = list(dict.fromkeys(tags or []))
     plan = None

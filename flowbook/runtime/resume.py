@@ -126,19 +126,9 @@ class ResumePlan:
 
     def _final_records(self, step: str) -> list[tuple[str, int, TaskRecord]]:
         """(task id, attempt, record) of each task of a step of the origin run."""
-        ds, flow, run_id = self.datastore, self.flow, self.origin_run_id
-        index = ds.read_step_index(flow, run_id, step)
-        if index is not None:  # the origin succeeded: its final records in one read
-            return [(task_id, r["attempt"], r) for task_id, r in index.items()]
-        records = []
-        for task_id in ds.list_tasks(flow, run_id, step):
-            try:
-                attempt, record = ds.latest_attempt(flow, run_id, step, task_id)
-            except CorruptRecordError as exc:
-                warn_corrupt(f"{exc} Task {flow}/{run_id}/{step}/{task_id} will run again.")
-                continue
-            records.append((task_id, attempt, record))
-        return records
+        return final_records(
+            self.datastore, self.flow, self.origin_run_id, step, "It will run again."
+        )
 
     def clone_source(
         self, step: str, split_stack: list[Frame], parents: list[ParentInfo]
@@ -169,6 +159,33 @@ class ResumePlan:
             parents,
             origin_run_id=self.origin_run_id,
         )
+
+
+def final_records(
+    datastore: Datastore,
+    flow: str,
+    run_id: str,
+    step: str,
+    if_corrupt: str,
+    use_index: bool = True,
+) -> list[tuple[str, int, TaskRecord]]:
+    """(task id, attempt, record) of the latest attempt of each task of a step of a
+    run, in task id order: the step's index of a finished run in one read (unless
+    ``use_index`` is False), else each task's own records. A corrupt record is
+    passed over with a CorruptRecordWarning ending in ``if_corrupt``."""
+    index = datastore.read_step_index(flow, run_id, step) if use_index else None
+    if index is not None:
+        return [(task_id, r["attempt"], r) for task_id, r in index.items()]
+    records = []
+    for task_id in datastore.list_tasks(flow, run_id, step):
+        try:
+            attempt, record = datastore.latest_attempt(flow, run_id, step, task_id)
+        except CorruptRecordError as exc:
+            warn_corrupt(f"{exc} Task {flow}/{run_id}/{step}/{task_id}: {if_corrupt}")
+            continue
+        if record:
+            records.append((task_id, attempt, record))
+    return records
 
 
 def write_clone(

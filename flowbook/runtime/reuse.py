@@ -36,7 +36,7 @@ from ..exceptions import CorruptRecordError
 from ..graph import FlowGraph
 from .context import NAMES, inherited_artifacts, names_text
 from .fingerprint import first_difference, load_texts, support_statements
-from .resume import task_identity, write_clone
+from .resume import final_records, task_identity, write_clone
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -341,20 +341,18 @@ class ReusePlan:
         return self._run_records[run_id]
 
     def _step_records(self, run_id: str, step: str) -> list[TaskRecord]:
-        """The final records of a step's tasks in one run (its step index when the run
-        succeeded, else each task's latest attempt); unreadable ones are skipped."""
-        ds = self.datastore
-        index = None if run_id == self.run_id else ds.read_step_index(self.flow, run_id, step)
-        if index is not None:
-            return [dict(r, task_id=t, run_id=run_id, step=step) for t, r in index.items()]
-        records = []
-        # newest first: a notebook's interactive run holds a step's tasks of every
-        # execution of its cell, and the latest one is the one to compare with
-        for task_id in reversed(ds.list_tasks(self.flow, run_id, step)):
-            try:
-                attempt, record = ds.latest_attempt(self.flow, run_id, step, task_id)
-            except CorruptRecordError:
-                continue
-            if record:
-                records.append(dict(record, task_id=task_id, run_id=run_id, step=step))
-        return records
+        """The final records of a step's tasks in one run, newest first: a notebook's
+        interactive run (never finished, so read task by task) holds a step's tasks
+        of every execution of its cell, and the latest one is the one to compare with."""
+        found = final_records(
+            self.datastore,
+            self.flow,
+            run_id,
+            step,
+            "It is not looked at for reuse.",
+            use_index=run_id != self.run_id,
+        )
+        return [
+            dict(record, task_id=task_id, run_id=run_id, step=step)
+            for task_id, _, record in reversed(found)
+        ]
