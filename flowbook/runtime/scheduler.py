@@ -357,33 +357,44 @@ class Scheduler:
         it can be; True if it was. Otherwise, with reuse on, note why it runs."""
         if pending.attempt or pending.caught:
             return False
+        return self._clone_from_origin(pending) or self._reuse(pending)
+
+    def _clone_from_origin(self, pending: PendingTask) -> bool:
+        """Resume: clone the origin run's task at this place, if it has one. With
+        reuse on too, not one whose code or reads differ now (it records them)."""
         plan = self.resume_plan
+        origin = None
         if plan is not None:
             origin = plan.clone_source(pending.step, pending.split_stack, pending.parents)
-            if (
-                origin is not None
-                and self.reuse_plan is not None
-                and (origin.get("code") or {}).get("key")
-                and not self.reuse_plan.stands_in(
-                    origin, pending.step, pending.split_stack, pending.parents
-                )
-            ):
-                origin = None  # with --reuse, not a task whose code or inputs differ now
-            if origin is not None:
-                record = plan.clone(
-                    origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
-                )
-                self.console.message(
-                    f"[{self.run_id}/{pending.step}/{pending.task_id}] Cloned from "
-                    f"{record['origin_pathspec']}."
-                )
-                self.on_event("task_cloned", {"step": pending.step, "task_id": pending.task_id})
-                self._done_without_running(record)
-                return True
+        if origin is None:
+            return False
+        if (
+            self.reuse_plan is not None
+            and (origin.get("code") or {}).get("key")
+            and not self.reuse_plan.stands_in(
+                origin, pending.step, pending.split_stack, pending.parents
+            )
+        ):
+            return False
+        record = plan.clone(
+            origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
+        )
+        self.console.message(
+            f"[{self.run_id}/{pending.step}/{pending.task_id}] Cloned from "
+            f"{record['origin_pathspec']}."
+        )
+        self.on_event("task_cloned", {"step": pending.step, "task_id": pending.task_id})
+        self._done_without_running(record)
+        return True
+
+    def _reuse(self, pending: PendingTask) -> bool:
+        """With reuse on: clone an earlier identical task (True), or note why this one
+        runs (False)."""
         if self.reuse_plan is None:
             return False
         from .reuse import Decision  # only with reuse on: not on a plain run's path
 
+        plan = self.resume_plan
         if plan is not None and pending.step in plan.forced:
             decision = Decision(f"resume was asked to run step '{plan.step}' again")
         else:
