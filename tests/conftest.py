@@ -129,6 +129,24 @@ class FlowRunner:
         return FlowResult(list(args), proc.returncode, stdout, stderr, proc.pid)
 
 
+@contextlib.contextmanager
+def kernel_in(workdir: Path, wrap):
+    """A real IPython kernel running in ``workdir`` with its datastore there (no other
+    FLOWBOOK_/METAFLOW_ variables), given to ``wrap(kernel_manager)``; shut down after."""
+    from jupyter_client.manager import KernelManager
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))}
+    env.update(FLOWBOOK_DATASTORE=str(workdir / ".flowbook"), USER=TEST_USER)
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=env, cwd=str(workdir))
+    kernel = wrap(km)
+    try:
+        yield kernel
+    finally:
+        kernel.kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 @pytest.fixture
 def run_flow(tmp_path: Path) -> FlowRunner:
     """``run_flow(source, 'run', '--x', '1')`` -> FlowResult; datastore in tmp_path."""

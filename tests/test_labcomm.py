@@ -8,12 +8,10 @@ The test plays the extension's part with jupyter_client: it waits for the kernel
 
 from __future__ import annotations
 
-import os
 import uuid
-from pathlib import Path
 
 import pytest
-from conftest import TEST_USER
+from conftest import kernel_in
 from jupyter_client.manager import KernelManager
 
 T = "flowbook:"
@@ -85,17 +83,8 @@ def last(comm_data: list[dict], kind: str) -> dict:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    workdir: Path = tmp_path_factory.mktemp("labcomm")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))}
-    env.update(FLOWBOOK_DATASTORE=str(workdir / ".flowbook"), USER=TEST_USER)
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=env, cwd=str(workdir))
-    kernel = LabKernel(km)
-    try:
+    with kernel_in(tmp_path_factory.mktemp("labcomm"), LabKernel) as kernel:
         yield kernel
-    finally:
-        kernel.kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 CELLS = {
@@ -205,6 +194,9 @@ def test_a_failing_step_is_failed(kernel, notebook):
 
 
 def test_flow_run_is_followed_as_a_run(kernel, notebook):
+    # start makes 4 items, whichever of this module's tests ran before on this worker
+    _, tags = CELLS["start"]
+    kernel.execute("self.items = [1, 2, 3, 4]", tags, cell_id="cell-start")
     messages, data = kernel.execute("%flow run --quiet", cell_id="cell-run")
     assert not errors(messages)
     states = [d for d in data if d.get("kind") == "states"]
@@ -221,7 +213,7 @@ def test_flow_run_is_followed_as_a_run(kernel, notebook):
     assert {n: s["state"] for n, s in final.items()} == dict.fromkeys(
         ("start", "body", "join", "end"), "done"
     )
-    assert final["body"]["total"] == 4  # start makes 4 items since the test above
+    assert final["body"]["total"] == 4
     # a front end that comes now gets the cells' own run, then the latest %flow run
     data = kernel.send_comm("comm_msg", {"kind": "ready", "protocol": 1})
     assert [(d["kind"], d.get("mode")) for d in data] == [

@@ -7,12 +7,10 @@ papermill and nbclient send.
 
 from __future__ import annotations
 
-import os
 import uuid
-from pathlib import Path
 
 import pytest
-from conftest import TEST_USER
+from conftest import kernel_in
 from jupyter_client.manager import KernelManager
 
 TAGS = "flowbook:"
@@ -57,17 +55,8 @@ class Kernel:
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    workdir: Path = tmp_path_factory.mktemp("tags_kernel")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWBOOK_", "METAFLOW_"))}
-    env.update(FLOWBOOK_DATASTORE=str(workdir / ".flowbook"), USER=TEST_USER)
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=env, cwd=str(workdir))
-    kernel = Kernel(km)
-    try:
+    with kernel_in(tmp_path_factory.mktemp("tags_kernel"), Kernel) as kernel:
         yield kernel
-    finally:
-        kernel.kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 @pytest.fixture(scope="module")
