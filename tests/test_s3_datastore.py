@@ -93,6 +93,7 @@ def test_forked_tasks_share_the_parsed_s3_model(moto_s3, monkeypatch):
 
     for key, value in moto_s3.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FLOWBOOK_S3_DIRECT", "0")  # (s3fs's own clients)
     first = storage.open_storage(f"s3://{MOTO_BUCKET}/shared-a")
     first.write_bytes("x.json", b"{}")
     session = storage._s3_session()
@@ -108,68 +109,97 @@ def test_forked_tasks_share_the_parsed_s3_model(moto_s3, monkeypatch):
 
 
 # ---------------------------------------------------------------------- requests
-@pytest.fixture
-def s3_storage(moto_s3, monkeypatch):
-    """A fresh S3 datastore storage on the session's moto server, and the list of
-    the S3 requests it sends (operation names, in order)."""
-    from flowbook.datastore import storage
+def counted_storage(prefix: str) -> Any:
+    """A fresh S3 datastore storage on the session's moto server, with ``sent``: the
+    S3 requests it sends (operation names, in order), through s3fs or without it."""
+    from flowbook.datastore import s3direct, storage
 
-    for key, value in moto_s3.items():
-        monkeypatch.setenv(key, value)
-    store = storage.open_storage(f"s3://{MOTO_BUCKET}/requests-{uuid.uuid4().hex[:8]}")
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/{prefix}-{uuid.uuid4().hex[:8]}")
     sent: list[str] = []
 
     def count(model: Any = None, **_: Any) -> None:
         sent.append(model.name)
 
     store.fs.connect()
-    events = store.fs._s3.meta.events
-    events.register("before-call.s3", count)
+    store.fs._s3.meta.events.register("before-call.s3", count)  # what s3fs sends
+    s3direct.DirectS3.observers.append(sent.append)  # what is sent without it
     store.sent = sent
+    return store
+
+
+@pytest.fixture
+def s3_storage(moto_s3, monkeypatch):
+    """``counted_storage``, requests sent directly where they can be (s3direct)."""
+    from flowbook.datastore import s3direct
+
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    store = counted_storage("requests")
+    assert store.direct is not None
     yield store
-    events.unregister("before-call.s3", count)
+    s3direct.DirectS3.observers.clear()
 
 
-def test_an_s3_record_is_one_request_each_way(s3_storage):
-    s3_storage.write_bytes("flows/F/1/s/1/0.done.json", b'{"status": "successful"}')
-    assert s3_storage.sent == ["PutObject"]
-    del s3_storage.sent[:]
-    assert s3_storage.read_bytes("flows/F/1/s/1/0.done.json") == b'{"status": "successful"}'
-    assert s3_storage.sent == ["GetObject"]  # no HEAD for the size first
-    del s3_storage.sent[:]
-    assert s3_storage.exists("flows/F/1/s/1/0.done.json")
-    assert not s3_storage.exists("flows/F/1/s/1/1.done.json")
-    assert s3_storage.sent == ["HeadObject", "HeadObject"]  # no LIST for a missing key
+@pytest.fixture
+def s3fs_storage(moto_s3, monkeypatch):
+    """``counted_storage`` with ``FLOWBOOK_S3_DIRECT=0``: every request through s3fs."""
+    from flowbook.datastore import s3direct
+
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FLOWBOOK_S3_DIRECT", "0")
+    store = counted_storage("s3fs")
+    assert store.direct is None
+    yield store
+    s3direct.DirectS3.observers.clear()
+
+
+@pytest.fixture(params=["direct", "s3fs"])
+def any_s3_storage(request):
+    """Each of the two ways to S3 in turn."""
+    return request.getfixturevalue("s3_storage" if request.param == "direct" else "s3fs_storage")
+
+
+def test_an_s3_record_is_one_request_each_way(any_s3_storage):
+    any_s3_storage.write_bytes("flows/F/1/s/1/0.done.json", b'{"status": "successful"}')
+    assert any_s3_storage.sent == ["PutObject"]
+    del any_s3_storage.sent[:]
+    assert any_s3_storage.read_bytes("flows/F/1/s/1/0.done.json") == b'{"status": "successful"}'
+    assert any_s3_storage.sent == ["GetObject"]  # no HEAD for the size first
+    del any_s3_storage.sent[:]
+    assert any_s3_storage.exists("flows/F/1/s/1/0.done.json")
+    assert not any_s3_storage.exists("flows/F/1/s/1/1.done.json")
+    assert any_s3_storage.sent == ["HeadObject", "HeadObject"]  # no LIST for a missing key
     with pytest.raises(FileNotFoundError):
-        s3_storage.read_bytes("flows/F/1/s/1/1.done.json")
+        any_s3_storage.read_bytes("flows/F/1/s/1/1.done.json")
     with pytest.raises(FileNotFoundError):
-        s3_storage.read_buffer("blobs/00/missing")
+        any_s3_storage.read_buffer("blobs/00/missing")
 
 
-def test_an_s3_blob_is_written_once_and_never_over(s3_storage):
+def test_an_s3_blob_is_written_once_and_never_over(any_s3_storage):
     path = "blobs/ab/abcdef"
-    assert s3_storage.write_new(path, [b"FBK2", memoryview(b"first")]) is True
-    assert s3_storage.sent == ["PutObject"]  # a conditional PUT, no HEAD first
-    del s3_storage.sent[:]
-    assert s3_storage.write_new(path, [b"other bytes"]) is False
-    assert s3_storage.sent == ["PutObject"]
-    assert s3_storage.read_bytes(path) == b"FBK2first"  # the first one stays
+    assert any_s3_storage.write_new(path, [b"FBK2", memoryview(b"first")]) is True
+    assert any_s3_storage.sent == ["PutObject"]  # a conditional PUT, no HEAD first
+    del any_s3_storage.sent[:]
+    assert any_s3_storage.write_new(path, [b"other bytes"]) is False
+    assert any_s3_storage.sent == ["PutObject"]
+    assert any_s3_storage.read_bytes(path) == b"FBK2first"  # the first one stays
 
 
-def test_a_large_s3_blob_is_looked_for_before_it_is_sent(s3_storage, monkeypatch):
+def test_a_large_s3_blob_is_looked_for_before_it_is_sent(any_s3_storage, monkeypatch):
     from flowbook.datastore import storage
 
     monkeypatch.setattr(storage, "CONDITIONAL_PUT_BELOW", 16)
     path = "blobs/cd/cdef"
-    assert s3_storage.write_new(path, [b"x" * 32]) is True
-    assert s3_storage.sent == ["HeadObject", "PutObject"]
-    del s3_storage.sent[:]
-    assert s3_storage.write_new(path, [b"y" * 32]) is False
-    assert s3_storage.sent == ["HeadObject"]  # not sent again
-    assert s3_storage.read_bytes(path) == b"x" * 32
+    assert any_s3_storage.write_new(path, [b"x" * 32]) is True
+    assert any_s3_storage.sent == ["HeadObject", "PutObject"]
+    del any_s3_storage.sent[:]
+    assert any_s3_storage.write_new(path, [b"y" * 32]) is False
+    assert any_s3_storage.sent == ["HeadObject"]  # not sent again
+    assert any_s3_storage.read_bytes(path) == b"x" * 32
 
 
-def test_large_s3_objects_go_up_and_down_in_parallel_parts(s3_storage, monkeypatch):
+def test_large_s3_objects_go_up_and_down_in_parallel_parts(any_s3_storage, monkeypatch):
     from flowbook.datastore import storage
 
     monkeypatch.setattr(storage, "MULTIPART_FROM", 6 * 2**20)
@@ -178,33 +208,33 @@ def test_large_s3_objects_go_up_and_down_in_parallel_parts(s3_storage, monkeypat
     data = os.urandom(13 * 2**20 + 5)
     # chunks that do not line up with the parts, one of them a memoryview
     chunks = [data[:100], memoryview(data)[100 : 7 * 2**20], data[7 * 2**20 :]]
-    s3_storage.write_chunks("blobs/ee/big", chunks)
-    assert s3_storage.sent == ["CreateMultipartUpload"] + ["UploadPart"] * 3 + [
+    any_s3_storage.write_chunks("blobs/ee/big", chunks)
+    assert any_s3_storage.sent == ["CreateMultipartUpload"] + ["UploadPart"] * 3 + [
         "CompleteMultipartUpload"
     ]
-    del s3_storage.sent[:]
-    buffer = s3_storage.read_buffer("blobs/ee/big")
+    del any_s3_storage.sent[:]
+    buffer = any_s3_storage.read_buffer("blobs/ee/big")
     assert isinstance(buffer, bytearray) and buffer == data
     # the first range tells the size: no HEAD, five ranged GETs
-    assert s3_storage.sent == ["GetObject"] * 5
+    assert any_s3_storage.sent == ["GetObject"] * 5
 
 
-def test_an_empty_or_small_s3_object_reads_whole(s3_storage):
-    s3_storage.write_bytes("tmp/empty", b"")
-    assert s3_storage.read_buffer("tmp/empty") == bytearray()
-    s3_storage.write_bytes("tmp/small", b"abc")
-    del s3_storage.sent[:]
-    assert s3_storage.read_buffer("tmp/small") == bytearray(b"abc")
-    assert s3_storage.sent == ["GetObject"]
+def test_an_empty_or_small_s3_object_reads_whole(any_s3_storage):
+    any_s3_storage.write_bytes("tmp/empty", b"")
+    assert any_s3_storage.read_buffer("tmp/empty") == bytearray()
+    any_s3_storage.write_bytes("tmp/small", b"abc")
+    del any_s3_storage.sent[:]
+    assert any_s3_storage.read_buffer("tmp/small") == bytearray(b"abc")
+    assert any_s3_storage.sent == ["GetObject"]
 
 
-def test_a_failed_multipart_upload_leaves_nothing(s3_storage, monkeypatch):
+def test_a_failed_multipart_upload_leaves_nothing(s3fs_storage, monkeypatch):
     from flowbook.datastore import storage
     from flowbook.datastore.storage import DatastoreWriteError
 
     monkeypatch.setattr(storage, "MULTIPART_FROM", 6 * 2**20)
     monkeypatch.setattr(storage, "UPLOAD_PART_SIZE", 5 * 2**20)
-    real = s3_storage.fs._call_s3
+    real = s3fs_storage.fs._call_s3
     parts = []
 
     async def failing(method: str, *args: Any, **kwargs: Any) -> Any:
@@ -214,20 +244,20 @@ def test_a_failed_multipart_upload_leaves_nothing(s3_storage, monkeypatch):
                 raise OSError("connection reset by peer")
         return await real(method, *args, **kwargs)
 
-    monkeypatch.setattr(s3_storage.fs, "_call_s3", failing)
+    monkeypatch.setattr(s3fs_storage.fs, "_call_s3", failing)
     with pytest.raises(DatastoreWriteError, match="connection reset"):
-        s3_storage.write_chunks("blobs/ff/broken", [os.urandom(12 * 2**20)])
-    monkeypatch.setattr(s3_storage.fs, "_call_s3", real)
-    assert not s3_storage.exists("blobs/ff/broken")  # never half an object
-    bucket, key = s3_storage._s3_key("blobs/ff/broken")
-    uploads = s3_storage.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
+        s3fs_storage.write_chunks("blobs/ff/broken", [os.urandom(12 * 2**20)])
+    monkeypatch.setattr(s3fs_storage.fs, "_call_s3", real)
+    assert not s3fs_storage.exists("blobs/ff/broken")  # never half an object
+    bucket, key = s3fs_storage._s3_key("blobs/ff/broken")
+    uploads = s3fs_storage.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=key)
     assert not uploads.get("Uploads")  # aborted, not left behind
 
 
-def test_a_read_that_breaks_off_goes_on_from_where_it_stopped(s3_storage, monkeypatch):
+def test_a_read_that_breaks_off_goes_on_from_where_it_stopped(s3fs_storage, monkeypatch):
     data = os.urandom(3 * 2**20)
-    s3_storage.write_bytes("blobs/aa/resumed", data)
-    real = s3_storage.fs._call_s3
+    s3fs_storage.write_bytes("blobs/aa/resumed", data)
+    real = s3fs_storage.fs._call_s3
     asked: list[str] = []
     given: list[int] = []
 
@@ -254,8 +284,8 @@ def test_a_read_that_breaks_off_goes_on_from_where_it_stopped(s3_storage, monkey
                 response["Body"] = Breaking(response["Body"])
         return response
 
-    monkeypatch.setattr(s3_storage.fs, "_call_s3", breaking_once)
-    assert s3_storage.read_bytes("blobs/aa/resumed") == data
+    monkeypatch.setattr(s3fs_storage.fs, "_call_s3", breaking_once)
+    assert s3fs_storage.read_bytes("blobs/aa/resumed") == data
     assert asked == ["all", f"bytes={given[0]}-"] and 0 < given[0] < len(data)
 
 
@@ -268,6 +298,7 @@ def test_forked_tasks_inherit_the_ssl_context_and_a_fresh_client(moto_s3, monkey
 
     for key, value in moto_s3.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("FLOWBOOK_S3_DIRECT", "0")  # (s3fs's own clients)
     first = storage.open_storage(f"s3://{MOTO_BUCKET}/ssl-a")
     first.prepare_for_tasks()
     assert storage._SSL_CONTEXTS, "prepare_for_tasks built no SSL context"

@@ -149,6 +149,11 @@ class Storage:
         """Names (not paths) directly under ``path``; empty when it does not exist."""
         raise NotImplementedError
 
+    def task_modules(self) -> list[str]:
+        """Modules a process that runs tasks imports to reach this storage (a Dask
+        worker's task server imports them before it forks tasks)."""
+        return []
+
     def local_path(self, path: str) -> str | None:
         """A filesystem path for ``path`` when the storage is local, else None."""
         return None
@@ -622,6 +627,30 @@ def _s3_http_session() -> type | None:
     return SharedSSLSession
 
 
+#: This process's DirectS3, by the environment it was made from (see _direct_s3).
+_DIRECT: dict[tuple, Any] = {}
+
+
+def _direct_s3() -> Any:
+    """This process's ``s3direct.DirectS3`` for its AWS settings (one per process, so
+    its connections are kept between datastore objects), or None when they need
+    s3fs. Made again when the environment's AWS settings change."""
+    from . import s3direct
+
+    key = tuple(
+        sorted(
+            (name, value)
+            for name, value in os.environ.items()
+            if name.startswith(("AWS_", "FLOWBOOK_S3", "FSSPEC_"))
+            or name.lower().endswith("_proxy")
+        )
+    )
+    if key not in _DIRECT:
+        _DIRECT.clear()
+        _DIRECT[key] = s3direct.DirectS3.from_environment()
+    return _DIRECT[key]
+
+
 def _client_error_code(exc: BaseException) -> str:
     """The S3 error code (``"PreconditionFailed"``, ``"InvalidRange"``) behind an
     error s3fs translated, or ""."""
@@ -661,10 +690,33 @@ class FsspecStorage(Storage):
     the value's own buffers."""
 
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._options = dict(storage_options or {})
+        protocol = self.url.split("://", 1)[0]
+        #: S3: objects are read and written with S3's own requests (see the class)
+        self.s3 = protocol in ("s3", "s3a")
+        self._fs: Any = None
+        #: one-object requests sent without s3fs (None: s3fs sends every request)
+        self.direct = _direct_s3() if self.s3 and not self._options else None
+        if self.direct is not None:
+            self.root = self.url.split("://", 1)[1].strip("/")
+            if not self.root:
+                raise DatastoreError(f"Cannot open datastore {url}: it names no bucket")
+        else:
+            self._open_fs()
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec file system (on S3 made at first use: only listings, large
+        uploads and settings ``s3direct`` does not read need it)."""
+        if self._fs is None:
+            self._open_fs()
+        return self._fs
+
+    def _open_fs(self) -> None:
         import fsspec  # imported only for remote datastores: it is slow to import
 
-        self.url = url.rstrip("/")
-        options = dict(storage_options or {})
+        options = dict(self._options)
         protocol = self.url.split("://", 1)[0]
         if protocol in LISTING_CACHE_PROTOCOLS:
             # s3fs (and gcsfs, adlfs) cache directory listings per process: another
@@ -687,14 +739,19 @@ class FsspecStorage(Storage):
             client_kwargs.setdefault("endpoint_url", endpoint)
             options["client_kwargs"] = client_kwargs
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+            fs, root = fsspec.core.url_to_fs(self.url, **options)
         except (ImportError, ValueError, TypeError) as exc:
-            raise DatastoreError(f"Cannot open datastore {url}: {exc}") from None
-        self.root = self.root.rstrip("/")
-        #: S3 through s3fs: objects are read and written with S3's own requests
-        self.s3 = is_s3 and hasattr(self.fs, "_call_s3") and hasattr(self.fs, "split_path")
+            raise DatastoreError(f"Cannot open datastore {self.url}: {exc}") from None
+        self._fs, self.root = fs, root.rstrip("/")
+        self.s3 = is_s3 and hasattr(fs, "_call_s3") and hasattr(fs, "split_path")
         if self.s3:
             self._adopt_spare_client()
+
+    def task_modules(self) -> list[str]:
+        """What a process that runs tasks on this datastore imports to reach it."""
+        if self.direct is not None:
+            return ["flowbook.datastore.s3direct", "http.client", "hmac"]
+        return ["fsspec", type(self.fs).__module__.split(".")[0]]
 
     def _options_key(self) -> str:
         """The file system's options, as a key that a forked process computes alike
@@ -722,6 +779,9 @@ class FsspecStorage(Storage):
         return f"{self.root}/{path}" if path else self.root
 
     def _s3_key(self, path: str) -> tuple[str, str]:
+        if self.direct is not None:
+            bucket, _, key = self._full(path).partition("/")
+            return bucket, key
         bucket, key, _ = self.fs.split_path(self._full(path))
         return bucket, key
 
@@ -734,7 +794,16 @@ class FsspecStorage(Storage):
         """Do now, once, what every task process forked from this one would otherwise
         do for itself: on S3, read botocore's S3 model and endpoint rules into the
         session, build the SSL context, and make a spare client that each forked
-        process takes as its own (see ``_adopt_spare_client``). No request is sent."""
+        process takes as its own (see ``_adopt_spare_client``). No request is sent.
+        With ``s3direct``: read the credentials and build its SSL context instead
+        (and prepare s3fs only if this process has used it)."""
+        if self.direct is not None:
+            try:
+                self.direct.prepare()
+            except Exception:  # a head start only
+                pass
+            if self._fs is None:
+                return
         if not self.s3:
             return
         try:
@@ -754,6 +823,8 @@ class FsspecStorage(Storage):
 
     # ------------------------------------------------------------ reading
     def exists(self, path: str) -> bool:
+        if self.direct is not None:
+            return self.direct.head(*self._s3_key(path))
         if not self.s3:
             return self.fs.exists(self._full(path))
         bucket, key = self._s3_key(path)
@@ -764,6 +835,8 @@ class FsspecStorage(Storage):
         return True
 
     def read_bytes(self, path: str) -> bytes:
+        if self.direct is not None:
+            return self.direct.get(*self._s3_key(path))
         if not self.s3:
             return self.fs.cat_file(self._full(path))
         return bytes(self._sync(self._s3_read, *self._s3_key(path), False))
@@ -772,6 +845,9 @@ class FsspecStorage(Storage):
         return self.fs.open(self._full(path), "rb")
 
     def read_buffer(self, path: str) -> bytearray | memoryview:
+        if self.direct is not None:
+            bucket, key = self._s3_key(path)
+            return self.direct.read(bucket, key, PARALLEL_PART_SIZE, PARALLEL_PARTS)
         if self.s3:
             return self._sync(self._s3_read, *self._s3_key(path), True)
         full = self._full(path)
@@ -907,6 +983,11 @@ class FsspecStorage(Storage):
 
     def _write(self, path: str, parts: list, exclusive: bool) -> bool:
         try:
+            if self.direct is not None:
+                size = sum(memoryview(part).nbytes for part in parts)
+                if size < MULTIPART_FROM:
+                    data = parts[0] if len(parts) == 1 else b"".join(parts)
+                    return self.direct.put(*self._s3_key(path), data, exclusive)
             if self.s3:
                 return self._sync(self._s3_write, *self._s3_key(path), parts, exclusive)
             # one copy at most: bytes.join takes memoryviews as they are
@@ -997,6 +1078,8 @@ class FsspecStorage(Storage):
     def process_local_reason(self) -> str | None:
         """Process-local when fsspec's file system (or one it wraps, as ``dir::`` or
         ``simplecache::`` do) keeps its files in this process's memory."""
+        if self.direct is not None:
+            return None
         fs, depth = self.fs, 0
         while fs is not None and depth < 8:
             protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -1026,6 +1109,12 @@ class FsspecStorage(Storage):
         return [n for n in names if n]
 
     def delete(self, path: str) -> None:
+        if self.direct is not None:
+            try:
+                self.direct.delete(*self._s3_key(path))
+            except FileNotFoundError:  # (the bucket)
+                pass
+            return
         try:
             self.fs.rm_file(self._full(path))
         except FileNotFoundError:

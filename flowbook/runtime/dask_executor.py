@@ -431,7 +431,7 @@ class DaskExecutor(TaskExecutor):
         #: what the workers' task servers import before forking tasks
         self.warm_modules: list[str] = []
         if not datastore.storage.is_local:
-            self.warm_modules = ["fsspec", type(datastore.storage.fs).__module__.split(".")[0]]
+            self.warm_modules = datastore.storage.task_modules()
         self.cluster = None
         self.address = address or scheduler_file or ""
         try:

@@ -1,0 +1,585 @@
+"""S3's one-object requests sent directly: PUT, GET and HEAD over a kept-alive
+``http.client`` connection, signed here with AWS Signature Version 4.
+
+A task on an S3 datastore sends two or three small requests (its start and done
+records, perhaps a small blob). Through s3fs each task process paid for an event
+loop, an aiobotocore client and a first request through botocore's machinery:
+about 25 ms of CPU per task, five times what a trivial task costs on a local
+datastore, and a run's processes imported s3fs and aiobotocore (about 0.5 s).
+Here a request is a few HMACs and one round trip; the payload is signed
+(``x-amz-content-sha256``), so S3 itself checks that the bytes arrived whole.
+
+:meth:`DirectS3.from_environment` gives one only where its settings are exactly
+what botocore would use: credentials from the environment or botocore's own chain,
+the region, an endpoint URL from the environment. Anything it does not read
+(proxies, FIPS or dual-stack endpoints, access points, a profile with S3 settings,
+fsspec configuration for s3) leaves every request to s3fs, as does
+``FLOWBOOK_S3_DIRECT=0``. Listings and multipart uploads always go through
+s3fs (see ``storage.FsspecStorage``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+#: Set to 0 to send every S3 request through s3fs.
+DIRECT_ENV = "FLOWBOOK_S3_DIRECT"
+#: Attempts per request: connection errors, 500, 502, 503 (SlowDown), 504 and 429
+#: are tried again after a short, growing, jittered pause (as botocore does).
+ATTEMPTS = 5
+RETRY_STATUS = (429, 500, 502, 503, 504)
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+#: Unreserved characters of SigV4's URI encoding (besides letters and digits).
+_SAFE = "-_.~"
+#: Environment variables whose presence means settings this module does not read.
+_UNSUPPORTED_ENV = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "AWS_USE_FIPS_ENDPOINT",
+    "AWS_USE_DUALSTACK_ENDPOINT",
+    "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
+    "AWS_S3_DISABLE_MULTIREGION_ACCESS_POINTS",
+)
+_FALSE = ("0", "false", "no", "off")
+
+
+class PreconditionFailed(OSError):
+    """A conditional request's condition did not hold (412, or 409 for two
+    conditional writes of one key racing)."""
+
+
+def uri_encode(text: str, keep_slash: bool = True) -> str:
+    """SigV4's URI encoding: every byte but letters, digits and ``-_.~`` (and ``/``)
+    as ``%XX``, upper case."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char.isascii() and (char.isalnum() or char in _SAFE or (keep_slash and char == "/")):
+            out.append(char)
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out)
+
+
+def _sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    from .hashing import sha256
+
+    hasher = sha256(memoryview(data).nbytes)
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+def _hmac(key: bytes, message: str) -> bytes:
+    import hmac
+
+    return hmac.new(key, message.encode("utf-8"), "sha256").digest()
+
+
+class Credentials:
+    """An access key: fixed (from the environment), or read from a botocore
+    credentials object at each use, which refreshes it when it is about to expire."""
+
+    def __init__(self, access_key: str, secret_key: str, token: str | None, source: Any = None):
+        self.access_key, self.secret_key, self.token = access_key, secret_key, token
+        self._source = source
+
+    def current(self) -> tuple[str, str, str | None]:
+        if self._source is not None:
+            frozen = self._source.get_frozen_credentials()
+            return frozen.access_key, frozen.secret_key, frozen.token
+        return self.access_key, self.secret_key, self.token
+
+
+def sign(
+    method: str,
+    host: str,
+    path: str,
+    headers: dict[str, str],
+    payload_sha256: str,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    amz_date: str,
+    token: str | None = None,
+) -> dict[str, str]:
+    """``headers`` plus the SigV4 headers of an S3 request without a query string:
+    ``host``, ``x-amz-date``, ``x-amz-content-sha256``, the session token if any, and
+    ``Authorization``. ``path`` is already URI-encoded; every header is signed (as
+    botocore does: ``Range`` and the conditions too)."""
+    signed_headers = {name.lower(): value.strip() for name, value in headers.items()}
+    signed_headers["host"] = host
+    signed_headers["x-amz-date"] = amz_date
+    signed_headers["x-amz-content-sha256"] = payload_sha256
+    if token:
+        signed_headers["x-amz-security-token"] = token
+    names = sorted(signed_headers)
+    canonical = "\n".join(
+        [
+            method,
+            path,
+            "",
+            "".join(f"{name}:{signed_headers[name]}\n" for name in names),
+            ";".join(names),
+            payload_sha256,
+        ]
+    )
+    day = amz_date[:8]
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{_sha256_hex(canonical.encode())}"
+    key = _signing_key(secret_key, day, region)
+    import hmac
+
+    signature = hmac.new(key, to_sign.encode("utf-8"), "sha256").hexdigest()
+    signed_headers["authorization"] = (
+        f"AWS4-HMAC-SHA256 Credential={access_key}/{scope}, "
+        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    )
+    return signed_headers
+
+
+_SIGNING_KEYS: dict[tuple[str, str, str], bytes] = {}
+
+
+def _signing_key(secret_key: str, day: str, region: str) -> bytes:
+    """The day's signing key (derived with four HMACs; kept per process)."""
+    cached = _SIGNING_KEYS.get((secret_key, day, region))
+    if cached is None:
+        key = _hmac(f"AWS4{secret_key}".encode(), day)
+        for part in (region, "s3", "aws4_request"):
+            key = _hmac(key, part)
+        if len(_SIGNING_KEYS) > 16:
+            _SIGNING_KEYS.clear()
+        cached = _SIGNING_KEYS[(secret_key, day, region)] = key
+    return cached
+
+
+class Response:
+    """What a request got back: status, headers (lower-case names), body when read."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes = b"") -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+
+class DirectS3:
+    """Signed one-object requests to one S3 endpoint, for any bucket there."""
+
+    #: Called with a request's S3 operation name ("PutObject", ...) before each time
+    #: it is sent: how tests count requests.
+    observers: list[Callable[[str], None]] = []
+
+    def __init__(
+        self, credentials: Credentials, region: str, endpoint: str | None, verify: Any = True
+    ) -> None:
+        self.credentials = credentials
+        self.region = region
+        #: a custom endpoint ("http://127.0.0.1:9000"), addressed path-style; None for AWS
+        self.endpoint = endpoint.rstrip("/") if endpoint else None
+        self.verify = verify
+        self._bucket_regions: dict[str, str] = {}
+        self._connections: dict[tuple, Any] = {}
+        self._ssl_context: Any = None
+
+    # ------------------------------------------------------------ settings
+    @classmethod
+    def from_environment(cls) -> DirectS3 | None:
+        """One for this process's AWS settings, or None when they include anything
+        this module does not read (then s3fs sends every request)."""
+        environ = os.environ
+        if environ.get(DIRECT_ENV, "").strip().lower() in _FALSE:
+            return None
+        if any(environ.get(name) for name in _UNSUPPORTED_ENV):
+            return None
+        if any(name.startswith("FSSPEC_S3") for name in environ) or _fsspec_configures_s3():
+            return None
+        endpoint = environ.get("FLOWBOOK_S3_ENDPOINT_URL")
+        if not endpoint and environ.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() != (
+            "true"
+        ):
+            endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            return None
+        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        access_key = environ.get("AWS_ACCESS_KEY_ID")
+        secret_key = environ.get("AWS_SECRET_ACCESS_KEY")
+        if access_key and secret_key:
+            credentials = Credentials(access_key, secret_key, environ.get("AWS_SESSION_TOKEN"))
+        else:
+            found = _botocore_settings()
+            if found is None:
+                return None
+            credentials, config_region = found
+            region = region or config_region
+        verify: Any = environ.get("AWS_CA_BUNDLE") or True
+        return cls(credentials, region or "us-east-1", endpoint, verify)
+
+    def prepare(self) -> None:
+        """Before this process forks tasks: read the credentials (a refreshable
+        source fetches them now, not in every task) and build the SSL context."""
+        _, secret_key, _ = self.credentials.current()
+        _signing_key(secret_key, time.strftime("%Y%m%d", time.gmtime()), self.region)
+        if self._url_base("bucket")[0] == "https":
+            self._context()
+
+    # ------------------------------------------------------------ requests
+    def head(self, bucket: str, key: str) -> bool:
+        """Whether the object exists (one HEAD)."""
+        response = self._request("HEAD", bucket, key, "HeadObject", missing_ok=True)
+        return response.status != 404
+
+    def get(self, bucket: str, key: str) -> bytes:
+        """The whole object (one GET)."""
+        return self._request("GET", bucket, key, "GetObject").body
+
+    def read(self, bucket: str, key: str, part_size: int, parts_at_once: int) -> bytearray:
+        """The whole object in one buffer: a GET of its first ``part_size`` bytes,
+        which also tells its size, then the rest in ranges, ``parts_at_once`` at a
+        time in threads of their own, each only from the object first read
+        (``If-Match`` its ETag)."""
+        buffer = bytearray()
+
+        def first_view(total: int, length: int) -> memoryview:
+            nonlocal buffer
+            buffer = bytearray(total)
+            return memoryview(buffer)[:length]
+
+        headers = {"range": f"bytes=0-{part_size - 1}"}
+        response = self._request(
+            "GET", bucket, key, "GetObject", headers=headers, into=first_view, range_ok=True
+        )
+        if response.status == 416:  # an empty object has no byte 0
+            return bytearray()
+        filled = int(response.headers["x-flowbook-filled"])
+        if filled < len(buffer):
+            self._read_rest(
+                bucket,
+                key,
+                memoryview(buffer),
+                filled,
+                part_size,
+                parts_at_once,
+                response.headers.get("etag"),
+            )
+        return buffer
+
+    def _read_rest(
+        self,
+        bucket: str,
+        key: str,
+        view: memoryview,
+        start: int,
+        part_size: int,
+        parts_at_once: int,
+        etag: str | None,
+    ) -> None:
+        import threading
+
+        starts = list(range(start, len(view), part_size))
+        errors: list[BaseException] = []
+
+        def fetch() -> None:
+            while starts and not errors:
+                try:
+                    first = starts.pop()
+                except IndexError:
+                    return
+                part = view[first : first + part_size]
+                headers = {"range": f"bytes={first}-{first + len(part) - 1}"}
+                if etag:
+                    headers["if-match"] = etag
+                try:
+                    self._request("GET", bucket, key, "GetObject", headers=headers, into=part)
+                except BaseException as exc:  # handed to the caller below
+                    errors.append(exc)
+            self._drop_thread_connections()
+
+        threads = [
+            threading.Thread(target=fetch, name="flowbook-s3-read", daemon=True)
+            for _ in range(min(parts_at_once, len(starts)))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+
+    def put(
+        self, bucket: str, key: str, data: bytes | bytearray | memoryview, if_none_match: bool
+    ) -> bool:
+        """PUT the object; with ``if_none_match`` only if the key is free: False when
+        it is taken (S3 answers 412, or 409 while another such PUT is under way)."""
+        headers = {"if-none-match": "*"} if if_none_match else {}
+        try:
+            self._request("PUT", bucket, key, "PutObject", headers=headers, body=data)
+        except PreconditionFailed:
+            if if_none_match:
+                return False
+            raise
+        return True
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the object (S3 answers alike whether it was there or not)."""
+        self._request("DELETE", bucket, key, "DeleteObject", missing_ok=True)
+
+    def _request(
+        self,
+        method: str,
+        bucket: str,
+        key: str,
+        operation: str,
+        headers: dict[str, str] | None = None,
+        body: bytes | bytearray | memoryview = b"",
+        into: Any = None,
+        missing_ok: bool = False,
+        range_ok: bool = False,
+    ) -> Response:
+        payload_sha256 = _sha256_hex(body)
+        where = f"s3://{bucket}/{key}"
+        attempt = 0
+        while True:
+            attempt += 1
+            for observer in self.observers:
+                observer(operation)
+            scheme, host, path = self._url_base(bucket)
+            path += uri_encode(key)
+            access_key, secret_key, token = self.credentials.current()
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            region = self._bucket_regions.get(bucket, self.region)
+            signed = sign(
+                method,
+                host,
+                path,
+                headers or {},
+                payload_sha256,
+                access_key,
+                secret_key,
+                region,
+                amz_date,
+                token,
+            )
+            if body or method == "PUT":
+                signed["content-length"] = str(memoryview(body).nbytes)
+            try:
+                response = self._send(scheme, host, method, path, signed, body, into)
+            except (OSError, _http_errors()) as exc:
+                self._drop_connection(scheme, host)
+                if attempt >= ATTEMPTS or isinstance(exc, _FatalSendError):
+                    raise OSError(f"{where}: {exc or type(exc).__name__}") from None
+                _pause(attempt)
+                continue
+            status = response.status
+            if status < 300 or (range_ok and status == 416) or (missing_ok and status == 404):
+                return response
+            code, message = _error_of(response)
+            moved = response.headers.get("x-amz-bucket-region")
+            if (
+                self.endpoint is None
+                and moved
+                and moved != region
+                and status in (301, 307, 400)
+                and attempt < ATTEMPTS
+            ):
+                self._bucket_regions[bucket] = moved  # the bucket lives in another region
+                continue
+            if status in RETRY_STATUS and attempt < ATTEMPTS:
+                _pause(attempt)
+                continue
+            text = f"{where}: {code or status}" + (f": {message}" if message else "")
+            if status == 404:
+                raise FileNotFoundError(errno.ENOENT, text)
+            if status == 403:
+                raise PermissionError(errno.EACCES, text)
+            if status == 412 or (status == 409 and code == "ConditionalRequestConflict"):
+                raise PreconditionFailed(text)
+            raise OSError(text + f" (HTTP {status})")
+
+    def _url_base(self, bucket: str) -> tuple[str, str, str]:
+        """(scheme, host, path prefix) of ``bucket``'s objects: path-style on a
+        custom endpoint; virtual-hosted on AWS when the name allows it."""
+        if self.endpoint is not None:
+            scheme, _, rest = self.endpoint.partition("://")
+            host, _, prefix = rest.partition("/")
+            prefix = f"/{prefix}" if prefix else ""
+            return scheme, host, f"{prefix}/{uri_encode(bucket)}/"
+        region = self._bucket_regions.get(bucket, self.region)
+        if "." not in bucket and bucket == bucket.lower():
+            return "https", f"{bucket}.s3.{region}.amazonaws.com", "/"
+        return "https", f"s3.{region}.amazonaws.com", f"/{uri_encode(bucket)}/"
+
+    # ------------------------------------------------------------ connections
+    def _connection(self, scheme: str, host: str) -> Any:
+        """This thread's kept-alive connection to ``host`` (a forked process or another
+        thread never shares one: the key holds the process and thread ids)."""
+        import threading
+
+        key = (os.getpid(), threading.get_ident(), scheme, host)
+        connection = self._connections.get(key)
+        if connection is None:
+            import http.client
+
+            if scheme == "https":
+                connection = http.client.HTTPSConnection(
+                    host, timeout=CONNECT_TIMEOUT, context=self._context()
+                )
+            else:
+                connection = http.client.HTTPConnection(host, timeout=CONNECT_TIMEOUT)
+            self._connections[key] = connection
+        return connection
+
+    def _drop_connection(self, scheme: str, host: str) -> None:
+        import threading
+
+        connection = self._connections.pop((os.getpid(), threading.get_ident(), scheme, host), None)
+        if connection is not None:
+            connection.close()
+
+    def _drop_thread_connections(self) -> None:
+        """Close this thread's connections (a thread that is about to end)."""
+        import threading
+
+        ident = (os.getpid(), threading.get_ident())
+        for key in [key for key in list(self._connections) if key[:2] == ident]:
+            self._connections.pop(key).close()
+
+    def _context(self) -> Any:
+        if self._ssl_context is None:
+            import ssl
+
+            if self.verify is False:
+                context = ssl._create_unverified_context()
+            elif isinstance(self.verify, str):
+                context = ssl.create_default_context(cafile=self.verify)
+            else:
+                context = ssl.create_default_context()
+            self._ssl_context = context
+        return self._ssl_context
+
+    def _send(
+        self,
+        scheme: str,
+        host: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | bytearray | memoryview,
+        into: Any,
+    ) -> Response:
+        connection = self._connection(scheme, host)
+        connection.request(method, path, body=body if body else None, headers=headers)
+        if connection.sock is not None:
+            connection.sock.settimeout(READ_TIMEOUT)
+        reply = connection.getresponse()
+        names = {name.lower(): value for name, value in reply.getheaders()}
+        if method == "HEAD":
+            reply.read()
+            return Response(reply.status, names)
+        if reply.status < 300 and into is not None:
+            length = int(names.get("content-length", "-1"))
+            view = into(_total_size(names), length) if callable(into) else into
+            if length != len(view):
+                reply.close()
+                raise _FatalSendError(f"the body is {length} bytes, not {len(view)}")
+            filled = 0
+            while filled < length:
+                count = reply.readinto(view[filled:])
+                if not count:
+                    raise ConnectionError(f"the body broke off after {filled} bytes")
+                filled += count
+            names["x-flowbook-filled"] = str(filled)
+            return Response(reply.status, names)
+        return Response(reply.status, names, reply.read())
+
+
+class _FatalSendError(OSError):
+    """A response that was whole but not what was asked for: not tried again."""
+
+
+def _http_errors() -> type[BaseException]:
+    import http.client
+
+    return http.client.HTTPException
+
+
+def _total_size(headers: dict[str, str]) -> int:
+    """The object's size, from a ranged GET's ``content-range`` (or its length)."""
+    total = headers.get("content-range", "").rpartition("/")[2]
+    if total.isdigit():
+        return int(total)
+    return int(headers.get("content-length", "0"))
+
+
+def _error_of(response: Response) -> tuple[str, str]:
+    """S3's error code and message from an error response's XML body."""
+    text = response.body.decode("utf-8", "replace")
+
+    def element(name: str) -> str:
+        start = text.find(f"<{name}>")
+        end = text.find(f"</{name}>")
+        return text[start + len(name) + 2 : end] if 0 <= start < end else ""
+
+    return element("Code"), element("Message")
+
+
+def _pause(attempt: int) -> None:
+    """Wait before trying again: about 50 ms, doubling, at most 2 s, jittered."""
+    import random
+
+    time.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random()))
+
+
+def _fsspec_configures_s3() -> bool:
+    """Whether fsspec's configuration files set options for s3 (read only when its
+    configuration directory holds any file: importing fsspec costs ~80 ms)."""
+    directory = os.environ.get("FSSPEC_CONFIG_DIR") or os.path.join(
+        os.path.expanduser("~"), ".config", "fsspec"
+    )
+    try:
+        if not os.listdir(directory):
+            return False
+    except OSError:
+        return False
+    try:
+        from fsspec.config import conf
+    except ImportError:
+        return False
+    return bool(conf.get("s3") or conf.get("s3a"))
+
+
+def _botocore_settings() -> tuple[Credentials, str | None] | None:
+    """Credentials from botocore's own chain (shared files, SSO, instance or
+    container roles...) and the profile's region; None when there are none (s3fs
+    then decides, e.g. anonymous access) or the profile configures S3 in ways this
+    module does not read (an endpoint, addressing style, acceleration...)."""
+    try:
+        import botocore.session
+    except ImportError:
+        return None
+    try:
+        session = botocore.session.get_session()
+        scoped = session.get_scoped_config()
+        if any(name in scoped for name in ("s3", "endpoint_url", "services", "ca_bundle")):
+            return None
+        source = session.get_credentials()
+        if source is None:
+            return None
+        frozen = source.get_frozen_credentials()
+        region = session.get_config_variable("region")
+    except Exception:  # a broken profile: s3fs reports it the way botocore words it
+        return None
+    refreshable = hasattr(source, "refresh_needed")
+    credentials = Credentials(
+        frozen.access_key, frozen.secret_key, frozen.token, source if refreshable else None
+    )
+    return credentials, region

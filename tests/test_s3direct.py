@@ -1,0 +1,353 @@
+"""S3 requests sent without s3fs (flowbook/datastore/s3direct.py): signatures as
+botocore makes them, faults on a real connection to moto (through a proxy on
+127.0.0.1 that breaks it on purpose), the settings that leave S3 to s3fs, and a run
+on S3 that never imports s3fs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from conftest import MOTO_BUCKET
+
+from flowbook.datastore import s3direct, storage
+
+# ---------------------------------------------------------------------- signing
+
+
+@pytest.mark.parametrize(
+    "method, key, headers, token",
+    [
+        ("PUT", "flows/F/1/start/1/0.start.json", {"if-none-match": "*"}, None),
+        ("GET", "blobs/ab/ab cd+é=~_.-!*'()&$,;:@?#[]", {"range": "bytes=0-99"}, "session/tok="),
+        ("HEAD", "a//b/./c/../d", {}, None),
+        ("DELETE", "tmp/probe-00", {"x-amz-meta-note": "  spaced  "}, "t"),
+    ],
+)
+def test_signatures_are_the_ones_botocore_makes(method, key, headers, token):
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    body = b"payload bytes" if method == "PUT" else b""
+    payload = s3direct._sha256_hex(body)
+    path = "/bucket-1/" + s3direct.uri_encode(key)
+    ours = s3direct.sign(
+        method, "127.0.0.1:9000", path, headers, payload, "AKID", "SECRET/+", "eu-west-3",
+        "20261201T061200Z", token,
+    )  # fmt: skip
+    theirs = AWSRequest(method=method, url=f"http://127.0.0.1:9000{path}", data=body)
+    for name, value in ours.items():
+        if name != "authorization":
+            theirs.headers[name] = value
+    theirs.context["timestamp"] = "20261201T061200Z"
+    signer = S3SigV4Auth(Credentials("AKID", "SECRET/+", token), "s3", "eu-west-3")
+    canonical = signer.canonical_request(theirs)
+    signature = signer.signature(signer.string_to_sign(theirs, canonical), theirs)
+    assert ours["authorization"].endswith(f"Signature={signature}")
+    assert (
+        f"SignedHeaders={signer.signed_headers(signer.headers_to_sign(theirs))}"
+        in (ours["authorization"])
+    )
+
+
+def test_keys_are_encoded_as_sigv4_says():
+    assert s3direct.uri_encode("a b/c+d=é~") == "a%20b/c%2Bd%3D%C3%A9~"
+    assert s3direct.uri_encode("a/b", keep_slash=False) == "a%2Fb"
+
+
+# ---------------------------------------------------------------------- settings
+
+
+@pytest.fixture
+def aws_env(moto_s3, monkeypatch, tmp_path):
+    """moto's settings and nothing else of the machine's AWS settings."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "FSSPEC_", "FLOWBOOK_S3")) or name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("FSSPEC_CONFIG_DIR", str(tmp_path / "no-fsspec"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for key, value in moto_s3.items():
+        monkeypatch.setenv(key, value)
+    return moto_s3
+
+
+def test_environment_settings_are_read(aws_env, monkeypatch):
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "tok")
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    direct = s3direct.DirectS3.from_environment()
+    assert direct is not None
+    assert direct.credentials.current() == ("testing", "testing", "tok")
+    assert direct.region == "eu-central-1"
+    assert direct.endpoint == aws_env["AWS_ENDPOINT_URL"]
+    assert direct._url_base("b") == ("http", aws_env["AWS_ENDPOINT_URL"][7:], "/b/")
+    monkeypatch.setenv("FLOWBOOK_S3_ENDPOINT_URL", "https://minio.example:9000/base")
+    assert s3direct.DirectS3.from_environment()._url_base("b") == (
+        "https",
+        "minio.example:9000",
+        "/base/b/",
+    )
+
+
+def test_aws_buckets_are_addressed_by_host_unless_their_name_forbids_it(aws_env, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    direct = s3direct.DirectS3.from_environment()
+    assert direct._url_base("my-bucket") == ("https", "my-bucket.s3.us-east-1.amazonaws.com", "/")
+    assert direct._url_base("my.bucket") == ("https", "s3.us-east-1.amazonaws.com", "/my.bucket/")
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("FLOWBOOK_S3_DIRECT", "0"),
+        ("HTTPS_PROXY", "http://proxy:3128"),
+        ("AWS_USE_FIPS_ENDPOINT", "true"),
+        ("FSSPEC_S3_ANON", "true"),
+        ("AWS_ENDPOINT_URL", "localhost:9000"),  # not a URL botocore would take either
+    ],
+)
+def test_settings_it_does_not_read_leave_every_request_to_s3fs(aws_env, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    assert s3direct.DirectS3.from_environment() is None
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/settings")
+    assert store.direct is None
+    if name != "AWS_ENDPOINT_URL":
+        store.write_bytes("x", b"through s3fs")  # and it still works
+        assert store.read_bytes("x") == b"through s3fs"
+
+
+def test_a_profile_with_s3_settings_or_no_credentials_leaves_s3_to_s3fs(aws_env, monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert s3direct.DirectS3.from_environment() is None  # anonymous: s3fs decides
+    config = os.environ["AWS_CONFIG_FILE"]
+    with open(config, "w") as handle:
+        handle.write("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
+        handle.write("s3 =\n    addressing_style = virtual\n")
+    assert s3direct.DirectS3.from_environment() is None
+
+
+def test_credentials_from_botocore_s_chain(aws_env, monkeypatch, tmp_path):
+    """No key in the environment: the shared credentials file, read by botocore."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with open(os.environ["AWS_SHARED_CREDENTIALS_FILE"], "w") as handle:
+        handle.write("[default]\naws_access_key_id = fromfile\naws_secret_access_key = s\n")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-1")
+    direct = s3direct.DirectS3.from_environment()
+    assert direct is not None and direct.credentials.current()[0] == "fromfile"
+    assert direct.region == "ap-south-1"
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/chain-{uuid.uuid4().hex[:8]}")
+    store.write_bytes("r.json", b"{}")  # moto takes any key; the request is well formed
+    assert store.read_bytes("r.json") == b"{}"
+
+
+# ---------------------------------------------------------------------- faults
+
+
+class FaultyProxy:
+    """A TCP proxy on 127.0.0.1 in front of moto. Each new connection takes the next
+    fault from ``faults``: ``"503"`` answers its first request with S3's SlowDown
+    and closes; ``("cut", n)`` passes the first ``n`` bytes of the reply and breaks
+    the connection; no fault left: passes everything."""
+
+    def __init__(self, upstream: str, faults: list) -> None:
+        host, port = upstream.split("//", 1)[1].split(":")
+        self.upstream = (host, int(port))
+        self.faults = list(faults)
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            fault = self.faults.pop(0) if self.faults else None
+            threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
+
+    def _serve(self, client: socket.socket, fault: Any) -> None:
+        if fault == "503":
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(65536)
+            body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+            client.sendall(
+                b"HTTP/1.1 503 Slow Down\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            client.close()
+            return
+        upstream = socket.create_connection(self.upstream)
+        limit = fault[1] if fault else None
+        threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+        self._pump(upstream, client, limit)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        passed = 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None and passed + len(data) >= limit:
+                    sink.sendall(data[: limit - passed])
+                    break
+                sink.sendall(data)
+                passed += len(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            end.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def through_proxy(aws_env, monkeypatch):
+    """A function: a storage reaching moto through a FaultyProxy with these faults."""
+    proxies: list[FaultyProxy] = []
+    prefix = f"faults-{uuid.uuid4().hex[:8]}"
+
+    def make(faults: list) -> tuple[Any, FaultyProxy]:
+        proxy = FaultyProxy(aws_env["AWS_ENDPOINT_URL"], faults)
+        proxies.append(proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        store = storage.open_storage(f"s3://{MOTO_BUCKET}/{prefix}")
+        assert store.direct is not None and store.direct.endpoint == proxy.url
+        return store, proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_a_body_that_breaks_off_is_asked_for_again(through_proxy, monkeypatch):
+    data = os.urandom(2 * 2**20 + 11)
+    store, _ = through_proxy([])
+    store.write_bytes("blobs/aa/big", data)
+    sent: list[str] = []
+    monkeypatch.setattr(s3direct.DirectS3, "observers", [sent.append])
+    store, proxy = through_proxy([("cut", 300_000)])
+    assert store.read_buffer("blobs/aa/big") == data
+    assert sent == ["GetObject", "GetObject"] and proxy.connections == 2
+    store, proxy = through_proxy([("cut", 1000)])
+    assert store.read_bytes("blobs/aa/big") == data
+
+
+def test_slow_down_is_waited_out_and_a_dead_server_named(through_proxy, monkeypatch):
+    store, proxy = through_proxy(["503", "503"])
+    store.write_bytes("r.json", b"{}")  # third time lucky
+    assert proxy.connections == 3
+    store, proxy = through_proxy(["503"] * s3direct.ATTEMPTS)
+    with pytest.raises(storage.DatastoreWriteError, match=r"r2\.json.*SlowDown.*HTTP 503"):
+        store.write_bytes("r2.json", b"{}")
+    monkeypatch.setattr(s3direct, "ATTEMPTS", 2)
+    store, proxy = through_proxy([])
+    proxy.close()  # nothing listens any more
+    with pytest.raises(OSError, match=f"s3://{MOTO_BUCKET}/faults-.*/r3.json"):
+        store.read_bytes("r3.json")
+
+
+def test_errors_name_the_object_and_keep_s3_s_words(aws_env):
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/errors-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(FileNotFoundError, match="NoSuchKey"):
+        store.read_bytes("missing.json")
+    assert store.exists("missing.json") is False
+    gone = storage.open_storage("s3://no-such-bucket-at-all/x")
+    with pytest.raises(FileNotFoundError, match="no-such-bucket-at-all.*NoSuchBucket"):
+        gone.read_bytes("a")
+    with pytest.raises(storage.DatastoreError, match="no-such-bucket-at-all"):
+        gone.check_writable()
+
+
+def test_a_forked_process_opens_its_own_connection(aws_env):
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/fork-{uuid.uuid4().hex[:8]}")
+    store.write_bytes("parent-1", b"1")  # the parent's connection is open now
+    parent_connections = dict(store.direct._connections)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            store.write_bytes("child", b"2")
+            mine = [k for k in store.direct._connections if k[0] == os.getpid()]
+            os.write(write, str(len(mine)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 100) == b"1" and status == 0
+    os.close(read)
+    store.write_bytes("parent-2", b"3")  # its connection was not disturbed
+    assert store.direct._connections == parent_connections
+    assert [store.read_bytes(name) for name in ("parent-1", "child", "parent-2")] == [
+        b"1",
+        b"2",
+        b"3",
+    ]
+
+
+# ---------------------------------------------------------------------- a run
+
+
+def test_a_run_on_s3_never_imports_s3fs(aws_env, tmp_path):
+    """Scheduler, task server and tasks reach S3 without s3fs, aiobotocore or
+    botocore (about half a second of imports per process that would)."""
+    flow = tmp_path / "imports.py"
+    flow.write_text(
+        "import sys\n"
+        "from flowbook import FlowSpec, step\n\n"
+        "HEAVY = ('s3fs', 'aiobotocore', 'botocore', 'fsspec')\n\n"
+        "class ImportsFlow(FlowSpec):\n"
+        "    @step\n"
+        "    def start(self):\n"
+        "        self.items = [1, 2]\n"
+        "        self.next(self.each, foreach='items')\n\n"
+        "    @step\n"
+        "    def each(self):\n"
+        "        self.seen = [m for m in HEAVY if m in sys.modules]\n"
+        "        self.next(self.join)\n\n"
+        "    @step\n"
+        "    def join(self, inputs):\n"
+        "        self.seen = sorted({m for i in inputs for m in i.seen})\n"
+        "        self.next(self.end)\n\n"
+        "    @step\n"
+        "    def end(self):\n"
+        "        print('heavy imports:', self.seen)\n\n"
+        "if __name__ == '__main__':\n"
+        "    ImportsFlow()\n"
+    )
+    env = dict(os.environ, FLOWBOOK_DATASTORE=f"s3://{MOTO_BUCKET}/imports-{uuid.uuid4().hex[:8]}")
+    run = subprocess.run(
+        [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "heavy imports: []" in run.stdout
+    env["FLOWBOOK_S3_DIRECT"] = "0"
+    run = subprocess.run(
+        [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "heavy imports: ['aiobotocore', 'botocore', 'fsspec', 's3fs']" in run.stdout
