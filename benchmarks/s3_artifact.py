@@ -10,8 +10,10 @@ out-of-band buffers, SHA-256 tree hash, multipart upload from the array's memory
 ``load_artifact``: ranged GETs at once into one buffer, the hash checked, unpickled)
 and copies the same bytes with plain s3fs (``pipe_file``/``cat_file``) and boto3
 (``upload_fileobj``/``download_fileobj``, its transfer manager, defaults). The
-operations alternate within each repetition; each flowbook store goes to a fresh
-datastore (a blob already stored is not sent again). Medians; asserts nothing.
+operations alternate within each repetition; each writes a new key (each flowbook
+store goes to a fresh datastore: a blob already stored is not sent again), and each
+repetition removes what it wrote, so that moto (which keeps every object in its own
+memory and temporary files) grows for no one. Medians; asserts nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +52,11 @@ def measure(mb: int, reps: int) -> dict[str, list[float]]:
         return value
 
     for rep in range(reps):
-        datastore = Datastore(f"s3://{BUCKET}/artifacts-{uuid.uuid4().hex}")
+        # every operation writes a new key (as storing a new artifact does), and each
+        # repetition removes what it wrote: moto keeps objects in its own memory and
+        # temporary files, and must not grow for one side only
+        prefix = f"rep-{uuid.uuid4().hex}"
+        datastore = Datastore(f"s3://{BUCKET}/{prefix}/flowbook")
         store = datastore.store_artifact
         entry = time_it("flowbook store", lambda store=store: store(array, "a"))
         load = datastore.load_artifact
@@ -58,16 +64,17 @@ def measure(mb: int, reps: int) -> dict[str, list[float]]:
         if rep == 0:
             assert np.array_equal(loaded, array)
         del loaded
-        time_it("s3fs pipe_file", lambda: fs.pipe_file(f"{BUCKET}/plain/blob", data))
-        time_it("s3fs cat_file", lambda: fs.cat_file(f"{BUCKET}/plain/blob"))
+        time_it("s3fs pipe_file", lambda p=prefix: fs.pipe_file(f"{BUCKET}/{p}/s3fs", data))
+        time_it("s3fs cat_file", lambda p=prefix: fs.cat_file(f"{BUCKET}/{p}/s3fs"))
         time_it(
             "boto3 upload_fileobj",
-            lambda: s3.upload_fileobj(io.BytesIO(data), BUCKET, "plain/boto"),
+            lambda p=prefix: s3.upload_fileobj(io.BytesIO(data), BUCKET, f"{p}/boto3"),
         )
         time_it(
             "boto3 download_fileobj",
-            lambda: s3.download_fileobj(BUCKET, "plain/boto", io.BytesIO()),
+            lambda p=prefix: s3.download_fileobj(BUCKET, f"{p}/boto3", io.BytesIO()),
         )
+        fs.rm(f"{BUCKET}/{prefix}", recursive=True)
         print(
             f"  rep {rep + 1}: "
             + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in results.items())

@@ -984,10 +984,12 @@ class FsspecStorage(Storage):
     def _write(self, path: str, parts: list, exclusive: bool) -> bool:
         try:
             if self.direct is not None:
-                size = sum(memoryview(part).nbytes for part in parts)
-                if size < MULTIPART_FROM:
-                    data = parts[0] if len(parts) == 1 else b"".join(parts)
+                views = [memoryview(part).cast("B") for part in parts]
+                if sum(view.nbytes for view in views) < MULTIPART_FROM:
+                    data = views[0] if len(views) == 1 else b"".join(views)
                     return self.direct.put(*self._s3_key(path), data, exclusive)
+                self.direct.upload(*self._s3_key(path), views, UPLOAD_PART_SIZE, UPLOAD_PARTS)
+                return True
             if self.s3:
                 return self._sync(self._s3_write, *self._s3_key(path), parts, exclusive)
             # one copy at most: bytes.join takes memoryviews as they are
