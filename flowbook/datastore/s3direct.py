@@ -294,34 +294,43 @@ class DirectS3:
         parts_at_once: int,
         etag: str | None,
     ) -> None:
+        def fetch(first: int) -> None:
+            part = view[first : first + part_size]
+            headers = {"range": f"bytes={first}-{first + len(part) - 1}"}
+            if etag:
+                headers["if-match"] = etag
+            self._request("GET", bucket, key, "GetObject", headers=headers, into=part)
+
+        self._each_in_threads(fetch, list(range(start, len(view), part_size)), parts_at_once)
+
+    def _each_in_threads(self, work: Callable[[Any], None], items: list, threads: int) -> None:
+        """``work(item)`` for every item, ``threads`` at a time in threads of their own
+        (each with its own connection, closed when it ends); the first error is
+        raised here once they have stopped (no new item is started after one)."""
         import threading
 
-        starts = list(range(start, len(view), part_size))
+        pending = items[::-1]
         errors: list[BaseException] = []
 
-        def fetch() -> None:
-            while starts and not errors:
+        def worker() -> None:
+            while not errors:
                 try:
-                    first = starts.pop()
+                    item = pending.pop()
                 except IndexError:
-                    return
-                part = view[first : first + part_size]
-                headers = {"range": f"bytes={first}-{first + len(part) - 1}"}
-                if etag:
-                    headers["if-match"] = etag
+                    break
                 try:
-                    self._request("GET", bucket, key, "GetObject", headers=headers, into=part)
+                    work(item)
                 except BaseException as exc:  # handed to the caller below
                     errors.append(exc)
             self._drop_thread_connections()
 
-        threads = [
-            threading.Thread(target=fetch, name="flowbook-s3-read", daemon=True)
-            for _ in range(min(parts_at_once, len(starts)))
+        started = [
+            threading.Thread(target=worker, name="flowbook-s3", daemon=True)
+            for _ in range(min(threads, len(items)))
         ]
-        for thread in threads:
+        for thread in started:
             thread.start()
-        for thread in threads:
+        for thread in started:
             thread.join()
         if errors:
             raise errors[0]
@@ -347,52 +356,38 @@ class DirectS3:
         parts at a time in threads of their own. A part that lies within one view is
         sent from it without a copy. The object appears whole when the upload
         completes, or not at all (the upload is aborted on any failure)."""
-        import threading
-
         size = sum(view.nbytes for view in views)
-        created = self._request("POST", bucket, key, "CreateMultipartUpload", query={"uploads": ""})
+        created = self._request(
+            "POST",
+            bucket,
+            key,
+            "CreateMultipartUpload",
+            headers={"x-amz-checksum-algorithm": "CRC32"},  # S3 checks each part's
+            query={"uploads": ""},
+        )
         upload_id = _element(created.body.decode("utf-8", "replace"), "UploadId")
         if not upload_id:
             raise OSError(f"s3://{bucket}/{key}: S3 started no multipart upload")
-        starts = list(enumerate(range(0, size, part_size), start=1))[::-1]
         etags: dict[int, tuple[str, str]] = {}
-        errors: list[BaseException] = []
 
-        def send() -> None:
-            while starts and not errors:
-                try:
-                    number, first = starts.pop()
-                except IndexError:
-                    break
-                query = {"partNumber": str(number), "uploadId": upload_id}
-                try:
-                    body = _slice(views, first, min(first + part_size, size))
-                    crc = _crc32(body)
-                    sent = self._request(
-                        "PUT",
-                        bucket,
-                        key,
-                        "UploadPart",
-                        headers={"x-amz-checksum-crc32": crc},
-                        body=body,
-                        query=query,
-                    )
-                    etags[number] = (sent.headers.get("etag", ""), crc)
-                except BaseException as exc:  # handed to the caller below
-                    errors.append(exc)
-            self._drop_thread_connections()
+        def send(part: tuple[int, int]) -> None:
+            number, first = part
+            body = slice_of(views, first, min(first + part_size, size))
+            crc = _crc32(body)
+            sent = self._request(
+                "PUT",
+                bucket,
+                key,
+                "UploadPart",
+                headers={"x-amz-checksum-crc32": crc},
+                body=body,
+                query={"partNumber": str(number), "uploadId": upload_id},
+            )
+            etags[number] = (sent.headers.get("etag", ""), crc)
 
         try:
-            threads = [
-                threading.Thread(target=send, name="flowbook-s3-upload", daemon=True)
-                for _ in range(min(parts_at_once, len(starts)))
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            if errors:
-                raise errors[0]
+            parts_list = list(enumerate(range(0, size, part_size), start=1))
+            self._each_in_threads(send, parts_list, parts_at_once)
             parts = "".join(
                 f"<Part><PartNumber>{n}</PartNumber><ETag>{etags[n][0]}</ETag>"
                 f"<ChecksumCRC32>{etags[n][1]}</ChecksumCRC32></Part>"
@@ -641,7 +636,7 @@ def _crc32(data: bytes | memoryview) -> str:
     return binascii.b2a_base64(zlib.crc32(data).to_bytes(4, "big"), newline=False).decode()
 
 
-def _slice(views: list[memoryview], start: int, end: int) -> memoryview | bytes:
+def slice_of(views: list[memoryview], start: int, end: int) -> memoryview | bytes:
     """Bytes ``start:end`` of the concatenation of ``views``: a view of one of them
     when the range lies within it, else a copy of the pieces joined."""
     pieces, position = [], 0

@@ -1031,6 +1031,8 @@ class FsspecStorage(Storage):
         object appears whole when the upload completes, or not at all (aborted)."""
         import asyncio
 
+        from .s3direct import slice_of
+
         call = self.fs._call_s3
         upload = await call("create_multipart_upload", Bucket=bucket, Key=key)
         upload_id = upload["UploadId"]
@@ -1038,16 +1040,7 @@ class FsspecStorage(Storage):
         offsets = list(range(0, size, UPLOAD_PART_SIZE))
 
         def part_bytes(start: int) -> bytes:
-            end = min(start + UPLOAD_PART_SIZE, size)
-            pieces, position = [], 0
-            for view in views:
-                lo, hi = max(start, position), min(end, position + view.nbytes)
-                if lo < hi:
-                    pieces.append(view[lo - position : hi - position])
-                position += view.nbytes
-                if position >= end:
-                    break
-            return b"".join(pieces)
+            return bytes(slice_of(views, start, min(start + UPLOAD_PART_SIZE, size)))
 
         async def send(number: int, start: int) -> dict:
             async with limit:
