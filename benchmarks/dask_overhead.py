@@ -12,9 +12,10 @@ side by side in this one run:
   Dask, on a local datastore and on S3: wall time, and per task;
 * a breakdown of one Dask task's cost: the Dask round trip of a no-op submission,
   the start of a worker's task process (``python -m flowbook.runtime.dask_executor``
-  imports), with s3fs, and small S3 requests (PUT, GET, HEAD, LIST) to moto, with
-  the CPU each costs the client and the server, and the S3 requests per task (counted
-  in moto's log).
+  imports), with S3 reached directly or through s3fs, and small S3 requests (PUT,
+  GET, HEAD; LIST, which s3fs sends) to moto, sent directly (flowbook's default) and
+  through s3fs (``FLOWBOOK_S3_DIRECT=0``), with the CPU each costs the client and the
+  server, and the S3 requests per task (counted in moto's log).
 
 (The 500 MB artifact against plain s3fs/boto3 is ``s3_artifact.py``.)
 
@@ -130,7 +131,12 @@ def breakdown(address: str, env: dict, reps: int, moto: Moto) -> list[tuple[str,
             "flowbook.datastore, flowbook.loader",
         ),
         (
-            "the same plus fsspec + s3fs (S3 datastore)",
+            "the same plus S3 requests without s3fs (S3 datastore)",
+            "import flowbook.runtime.one_task, flowbook.datastore, "
+            "flowbook.datastore.s3direct, http.client, hmac",
+        ),
+        (
+            "the same plus fsspec + s3fs (S3 datastore, FLOWBOOK_S3_DIRECT=0)",
             "import flowbook.runtime.one_task, flowbook.datastore, s3fs",
         ),
     ):
@@ -160,17 +166,31 @@ def breakdown(address: str, env: dict, reps: int, moto: Moto) -> list[tuple[str,
             median_ms(samples[10:]),
         )
     )
+    rows += s3_requests(moto, "", "bench/breakdown")
+    os.environ["FLOWBOOK_S3_DIRECT"] = "0"
+    try:
+        rows += s3_requests(moto, ", through s3fs", "bench/breakdown-s3fs")
+    finally:
+        del os.environ["FLOWBOOK_S3_DIRECT"]
+    return rows
+
+
+def s3_requests(moto: Moto, how: str, prefix: str) -> list[tuple[str, str]]:
+    """The wall time of one small S3 request of each kind, and the CPU it costs."""
     from flowbook.datastore.storage import open_storage
 
-    storage = open_storage("s3://bench/breakdown")
+    rows = []
+    storage = open_storage(f"s3://{prefix}")
     storage.write_bytes("warm.json", b"{}")
     record = b'{"status": "successful"}' * 20
     for label, action in (
-        ("S3 PUT of a 500-byte record", lambda i: storage.write_bytes(f"r/{i}.json", record)),
-        ("S3 GET of it", lambda i: storage.read_bytes(f"r/{i}.json")),
-        ("S3 HEAD (exists)", lambda i: storage.exists(f"r/{i}.json")),
-        ("S3 LIST of a task directory", lambda i: storage.list("r")),
+        (f"S3 PUT of a 500-byte record{how}", lambda i: storage.write_bytes(f"r/{i}.json", record)),
+        (f"S3 GET of it{how}", lambda i: storage.read_bytes(f"r/{i}.json")),
+        (f"S3 HEAD (exists){how}", lambda i: storage.exists(f"r/{i}.json")),
+        ("S3 LIST of a task directory (s3fs)", lambda i: storage.list("r")),
     ):
+        if how and "LIST" in label:
+            continue
         samples = []
         cpu, server = time.process_time(), moto.cpu_seconds()
         for i in range(50):

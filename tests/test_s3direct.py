@@ -28,6 +28,7 @@ from flowbook.datastore import s3direct, storage
         ("GET", "blobs/ab/ab cd+é=~_.-!*'()&$,;:@?#[]", {"range": "bytes=0-99"}, "session/tok="),
         ("HEAD", "a//b/./c/../d", {}, None),
         ("DELETE", "tmp/probe-00", {"x-amz-meta-note": "  spaced  "}, "t"),
+        ("PUT", "blobs/ff/big", {"x-amz-checksum-crc32": "ntZhLw=="}, None),
     ],
 )
 def test_signatures_are_the_ones_botocore_makes(method, key, headers, token):
@@ -38,11 +39,16 @@ def test_signatures_are_the_ones_botocore_makes(method, key, headers, token):
     body = b"payload bytes" if method == "PUT" else b""
     payload = s3direct._sha256_hex(body)
     path = "/bucket-1/" + s3direct.uri_encode(key)
+    # a part of a multipart upload: a query string (whose order is not the canonical one)
+    query = {"uploadId": "a/b+c==", "partNumber": "7"} if key == "blobs/ff/big" else {}
     ours = s3direct.sign(
         method, "127.0.0.1:9000", path, headers, payload, "AKID", "SECRET/+", "eu-west-3",
-        "20261201T061200Z", token,
+        "20261201T061200Z", token, s3direct.canonical_query(query),
     )  # fmt: skip
-    theirs = AWSRequest(method=method, url=f"http://127.0.0.1:9000{path}", data=body)
+    url = f"http://127.0.0.1:9000{path}"
+    if query:
+        url += "?" + "&".join(f"{n}={s3direct.uri_encode(v, False)}" for n, v in query.items())
+    theirs = AWSRequest(method=method, url=url, data=body)
     for name, value in ours.items():
         if name != "authorization":
             theirs.headers[name] = value
@@ -135,6 +141,18 @@ def test_a_profile_with_s3_settings_or_no_credentials_leaves_s3_to_s3fs(aws_env,
         handle.write("[default]\naws_access_key_id = testing\naws_secret_access_key = testing\n")
         handle.write("s3 =\n    addressing_style = virtual\n")
     assert s3direct.DirectS3.from_environment() is None
+    # keys in the environment, but the chosen profile sends S3 elsewhere
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with open(config, "w") as handle:
+        handle.write("[profile other]\nendpoint_url = http://elsewhere:9000\n")
+    assert s3direct.DirectS3.from_environment() is not None  # (the default profile)
+    monkeypatch.setenv("AWS_PROFILE", "other")
+    assert s3direct.DirectS3.from_environment() is None
+    with open(config, "w") as handle:
+        handle.write("[profile other]\nregion = sa-east-1\n")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert s3direct.DirectS3.from_environment().region == "sa-east-1"
 
 
 def test_credentials_from_botocore_s_chain(aws_env, monkeypatch, tmp_path):

@@ -9,13 +9,16 @@ datastore, and a run's processes imported s3fs and aiobotocore (about 0.5 s).
 Here a request is a few HMACs and one round trip; the payload is signed
 (``x-amz-content-sha256``), so S3 itself checks that the bytes arrived whole.
 
+Large objects go the same way: ranged GETs and multipart uploads, several parts
+at once in threads, each part sent from the value's own memory.
+
 :meth:`DirectS3.from_environment` gives one only where its settings are exactly
 what botocore would use: credentials from the environment or botocore's own chain,
 the region, an endpoint URL from the environment. Anything it does not read
-(proxies, FIPS or dual-stack endpoints, access points, a profile with S3 settings,
+(proxies, FIPS or dual-stack endpoints, a profile with an endpoint or S3 settings,
 fsspec configuration for s3) leaves every request to s3fs, as does
-``FLOWBOOK_S3_DIRECT=0``. Listings and multipart uploads always go through
-s3fs (see ``storage.FsspecStorage``).
+``FLOWBOOK_S3_DIRECT=0``. Listings always go through s3fs (see
+``storage.FsspecStorage``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,16 @@ _UNSUPPORTED_ENV = (
     "AWS_USE_DUALSTACK_ENDPOINT",
     "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
     "AWS_S3_DISABLE_MULTIREGION_ACCESS_POINTS",
+)
+#: Settings of an AWS config profile that this module does not read.
+_UNSUPPORTED_PROFILE_KEYS = (
+    "endpoint_url",
+    "s3",
+    "services",
+    "ca_bundle",
+    "use_fips_endpoint",
+    "use_dualstack_endpoint",
+    "ignore_configured_endpoint_urls",
 )
 _FALSE = ("0", "false", "no", "off")
 
@@ -124,7 +137,7 @@ def sign(
     token: str | None = None,
     query: str = "",
 ) -> dict[str, str]:
-    """``headers`` plus the SigV4 headers of an S3 request without a query string:
+    """``headers`` plus the SigV4 headers of an S3 request:
     ``host``, ``x-amz-date``, ``x-amz-content-sha256``, the session token if any, and
     ``Authorization``. ``path`` is already URI-encoded, ``query`` canonical (see
     ``canonical_query``); every header is signed (as botocore does: ``Range`` and
@@ -221,7 +234,12 @@ class DirectS3:
             endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
         if endpoint and not endpoint.startswith(("http://", "https://")):
             return None
-        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        profile = _profile_config()
+        if profile is None or any(name in profile for name in _UNSUPPORTED_PROFILE_KEYS):
+            return None
+        region = (
+            environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or profile.get("region")
+        )
         access_key = environ.get("AWS_ACCESS_KEY_ID")
         secret_key = environ.get("AWS_SECRET_ACCESS_KEY")
         if access_key and secret_key:
@@ -675,20 +693,37 @@ def _fsspec_configures_s3() -> bool:
     return bool(conf.get("s3") or conf.get("s3a"))
 
 
+def _profile_config() -> dict[str, str] | None:
+    """The settings of the AWS config file's profile (``AWS_PROFILE``, else
+    ``default``): read here with ``configparser`` (botocore takes ~120 ms to import),
+    to see whether it sets what this module does not read. {} without a file or
+    profile; None when the file cannot be read as botocore would."""
+    import configparser
+
+    path = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    name = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or "default"
+    parser = configparser.RawConfigParser()
+    try:
+        if not parser.read(path):
+            return {}
+    except (configparser.Error, UnicodeDecodeError):
+        return None
+    for section in (f"profile {name}", name):
+        if parser.has_section(section):
+            return dict(parser.items(section))
+    return {}
+
+
 def _botocore_settings() -> tuple[Credentials, str | None] | None:
     """Credentials from botocore's own chain (shared files, SSO, instance or
     container roles...) and the profile's region; None when there are none (s3fs
-    then decides, e.g. anonymous access) or the profile configures S3 in ways this
-    module does not read (an endpoint, addressing style, acceleration...)."""
+    then decides, e.g. anonymous access)."""
     try:
         import botocore.session
     except ImportError:
         return None
     try:
         session = botocore.session.get_session()
-        scoped = session.get_scoped_config()
-        if any(name in scoped for name in ("s3", "endpoint_url", "services", "ca_bundle")):
-            return None
         source = session.get_credentials()
         if source is None:
             return None
