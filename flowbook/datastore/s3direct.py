@@ -698,9 +698,11 @@ def _profile_config() -> dict[str, str] | None:
     ``default``): read here with ``configparser`` (botocore takes ~120 ms to import),
     to see whether it sets what this module does not read. {} without a file or
     profile; None when the file cannot be read as botocore would."""
-    import configparser
-
     path = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    if not os.path.exists(path):
+        return {}
+    import configparser  # (imports re: only when there is a file to read)
+
     name = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or "default"
     parser = configparser.RawConfigParser()
     try:
