@@ -177,15 +177,18 @@ class FaultyProxy:
     """A TCP proxy on 127.0.0.1 in front of moto. Each new connection takes the next
     fault from ``faults``: ``"503"`` answers its first request with S3's SlowDown
     and closes; ``("cut", n)`` passes the first ``n`` bytes of the reply and breaks
-    the connection; no fault left: passes everything."""
+    the connection; no fault left: passes everything. With ``tls`` (an SSL context
+    holding a certificate), it speaks HTTPS to its clients."""
 
-    def __init__(self, upstream: str, faults: list) -> None:
+    def __init__(self, upstream: str, faults: list, tls: Any = None) -> None:
         host, port = upstream.split("//", 1)[1].split(":")
         self.upstream = (host, int(port))
         self.faults = list(faults)
         self.connections = 0
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}"
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -200,6 +203,12 @@ class FaultyProxy:
             threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
 
     def _serve(self, client: socket.socket, fault: Any) -> None:
+        if self.tls is not None:
+            try:
+                client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:  # a client that does not trust the certificate
+                client.close()
+                return
         if fault == "503":
             head = b""
             while b"\r\n\r\n" not in head:
@@ -307,6 +316,72 @@ def test_a_failed_multipart_upload_is_aborted_and_leaves_nothing(through_proxy, 
     assert not uploads.get("Uploads")  # aborted, not left behind
     store.write_chunks("blobs/ff/whole", [b"a" * (7 * 2**20), memoryview(b"b" * (2**20))])
     assert store.read_buffer("blobs/ff/whole") == b"a" * (7 * 2**20) + b"b" * 2**20
+
+
+def self_signed_certificate(directory: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = str(directory / "cert.pem"), str(directory / "key.pem")
+    with open(cert_path, "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+def test_https_endpoints_are_verified_against_aws_ca_bundle(aws_env, monkeypatch, tmp_path):
+    import ssl
+
+    cert, key = self_signed_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    proxy = FaultyProxy(aws_env["AWS_ENDPOINT_URL"], [], tls=server_context)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setattr(s3direct, "ATTEMPTS", 1)
+        prefix = f"s3://{MOTO_BUCKET}/tls-{uuid.uuid4().hex[:8]}"
+        untrusted = storage.open_storage(prefix)  # certifi's bundle: not this certificate
+        assert untrusted.direct is not None
+        with pytest.raises(OSError, match=r"tls-.*/r\.json: .*CERTIFICATE_VERIFY_FAILED"):
+            untrusted.read_bytes("r.json")
+        monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+        trusted = storage.open_storage(prefix)
+        trusted.write_bytes("r.json", b"{}")
+        assert trusted.read_bytes("r.json") == b"{}"
+        assert trusted.direct._url_base(MOTO_BUCKET)[0] == "https"
+    finally:
+        proxy.close()
 
 
 def test_errors_name_the_object_and_keep_s3_s_words(aws_env):

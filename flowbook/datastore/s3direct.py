@@ -572,10 +572,8 @@ class DirectS3:
 
             if self.verify is False:
                 context = ssl._create_unverified_context()
-            elif isinstance(self.verify, str):
-                context = ssl.create_default_context(cafile=self.verify)
             else:
-                context = ssl.create_default_context()
+                context = ssl.create_default_context(cafile=_ca_bundle(self.verify))
             self._ssl_context = context
         return self._ssl_context
 
@@ -673,6 +671,23 @@ def _pause(attempt: int) -> None:
     import random
 
     time.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random()))
+
+
+def _ca_bundle(verify: Any) -> str | None:
+    """The certificates botocore would trust: ``AWS_CA_BUNDLE``'s file, else
+    certifi's bundle (botocore's own copy of it when certifi is not installed),
+    else the system's."""
+    if isinstance(verify, str):
+        return verify
+    try:
+        from certifi import where
+    except ImportError:
+        try:
+            import botocore.httpsession as botocore_http
+        except ImportError:
+            return None
+        return botocore_http.DEFAULT_CA_BUNDLE
+    return where()
 
 
 def _fsspec_configures_s3() -> bool:
