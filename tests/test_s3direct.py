@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -83,18 +84,24 @@ def aws_env(moto_s3, monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     for key, value in moto_s3.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setattr(s3direct, "RETRY_BASE_SECONDS", 0.01)
     return moto_s3
 
 
 def test_environment_settings_are_read(aws_env, monkeypatch):
     monkeypatch.setenv("AWS_SESSION_TOKEN", "tok")
-    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_REGION", "us-west-2")  # botocore does not read it
     direct = s3direct.DirectS3.from_environment()
     assert direct is not None
     assert direct.credentials.current() == ("testing", "testing", "tok")
     assert direct.region == "eu-central-1"
+    monkeypatch.setenv("AWS_SECURITY_TOKEN", "older")  # botocore's first choice
+    assert s3direct.DirectS3.from_environment().credentials.current()[2] == "older"
     assert direct.endpoint == aws_env["AWS_ENDPOINT_URL"]
     assert direct._url_base("b") == ("http", aws_env["AWS_ENDPOINT_URL"][7:], "/b/")
+    monkeypatch.setenv("FLOWBOOK_S3_ENDPOINT_URL", "https://minio.example:443")
+    assert s3direct.DirectS3.from_environment()._url_base("b")[1] == "minio.example"
     monkeypatch.setenv("FLOWBOOK_S3_ENDPOINT_URL", "https://minio.example:9000/base")
     assert s3direct.DirectS3.from_environment()._url_base("b") == (
         "https",
@@ -107,7 +114,16 @@ def test_aws_buckets_are_addressed_by_host_unless_their_name_forbids_it(aws_env,
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     direct = s3direct.DirectS3.from_environment()
     assert direct._url_base("my-bucket") == ("https", "my-bucket.s3.us-east-1.amazonaws.com", "/")
-    assert direct._url_base("my.bucket") == ("https", "s3.us-east-1.amazonaws.com", "/my.bucket/")
+    host = "s3.us-east-1.amazonaws.com"
+    for name in ("my.bucket", "my_bucket", "-bucket", "ab", "b" * 64, "Bucket"):
+        assert direct._url_base(name) == ("https", host, f"/{name}/"), name
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "cn-north-1")
+    china = s3direct.DirectS3.from_environment()
+    assert china._url_base("b-1")[1] == "b-1.s3.cn-north-1.amazonaws.com.cn"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-iso-east-1")  # another partition
+    assert s3direct.DirectS3.from_environment() is None
+    for bucket in ("fast--usw2-az1--x-s3", "arn:aws:s3:us-east-1:1:accesspoint/ap"):
+        assert not s3direct.DirectS3.serves(bucket)
 
 
 @pytest.mark.parametrize(
@@ -118,6 +134,7 @@ def test_aws_buckets_are_addressed_by_host_unless_their_name_forbids_it(aws_env,
         ("AWS_USE_FIPS_ENDPOINT", "true"),
         ("FSSPEC_S3_ANON", "true"),
         ("AWS_ENDPOINT_URL", "localhost:9000"),  # not a URL botocore would take either
+        ("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required"),
     ],
 )
 def test_settings_it_does_not_read_leave_every_request_to_s3fs(aws_env, monkeypatch, name, value):
@@ -150,9 +167,13 @@ def test_a_profile_with_s3_settings_or_no_credentials_leaves_s3_to_s3fs(aws_env,
     monkeypatch.setenv("AWS_PROFILE", "other")
     assert s3direct.DirectS3.from_environment() is None
     with open(config, "w") as handle:
-        handle.write("[profile other]\nregion = sa-east-1\n")
+        handle.write("[profile other]\nregion = sa-east-1\n[profile first]\nregion = eu-north-1\n")
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     assert s3direct.DirectS3.from_environment().region == "sa-east-1"
+    monkeypatch.setenv("AWS_DEFAULT_PROFILE", "first")  # botocore reads it before AWS_PROFILE
+    assert s3direct.DirectS3.from_environment().region == "eu-north-1"
+    monkeypatch.setenv("AWS_DEFAULT_PROFILE", "missing")  # botocore: ProfileNotFound
+    assert s3direct.DirectS3.from_environment() is None
 
 
 def test_credentials_from_botocore_s_chain(aws_env, monkeypatch, tmp_path):
@@ -176,8 +197,10 @@ def test_credentials_from_botocore_s_chain(aws_env, monkeypatch, tmp_path):
 class FaultyProxy:
     """A TCP proxy on 127.0.0.1 in front of moto. Each new connection takes the next
     fault from ``faults``: ``"503"`` answers its first request with S3's SlowDown
-    and closes; ``("cut", n)`` passes the first ``n`` bytes of the reply and breaks
-    the connection; no fault left: passes everything. With ``tls`` (an SSL context
+    and closes (``("reply", status, code)`` with that status and error code);
+    ``("cut", n)`` passes the first ``n`` bytes of the reply and breaks the
+    connection; ``("slow", n)`` passes the request at ``n`` bytes a second; no
+    fault left: passes everything. With ``tls`` (an SSL context
     holding a certificate), it speaks HTTPS to its clients."""
 
     def __init__(self, upstream: str, faults: list, tls: Any = None) -> None:
@@ -210,28 +233,37 @@ class FaultyProxy:
                 client.close()
                 return
         if fault == "503":
+            fault = ("reply", 503, "SlowDown")
+        if fault and fault[0] == "reply":
             head = b""
             while b"\r\n\r\n" not in head:
                 head += client.recv(65536)
-            body = b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"
+            body = f"<Error><Code>{fault[2]}</Code><Message>as asked</Message></Error>".encode()
             client.sendall(
-                b"HTTP/1.1 503 Slow Down\r\nConnection: close\r\n"
+                f"HTTP/1.1 {fault[1]} Fault\r\nConnection: close\r\n".encode()
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )
             client.close()
             return
         upstream = socket.create_connection(self.upstream)
-        limit = fault[1] if fault else None
-        threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+        rate = fault[1] if fault and fault[0] == "slow" else None
+        limit = fault[1] if fault and fault[0] == "cut" else None
+        threading.Thread(
+            target=self._pump, args=(client, upstream, None, rate), daemon=True
+        ).start()
         self._pump(upstream, client, limit)
 
     @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+    def _pump(
+        source: socket.socket, sink: socket.socket, limit: int | None, rate: int | None = None
+    ) -> None:
         passed = 0
         try:
             while True:
-                data = source.recv(65536)
+                data = source.recv(16384 if rate else 65536)
+                if rate:
+                    time.sleep(len(data) / rate)
                 if not data:
                     break
                 if limit is not None and passed + len(data) >= limit:
@@ -382,6 +414,42 @@ def test_https_endpoints_are_verified_against_aws_ca_bundle(aws_env, monkeypatch
         assert trusted.direct._url_base(MOTO_BUCKET)[0] == "https"
     finally:
         proxy.close()
+
+
+def test_a_slow_link_sends_a_body_longer_than_its_timeout(through_proxy, monkeypatch):
+    """The timeout is per piece sent (as urllib3's), not for the whole body: 40 MB
+    at 8 MB/s take 5 s, with 3 s to connect and 3 s for each piece or the reply
+    (what the kernel's buffers still hold at the end drains well within that)."""
+    monkeypatch.setattr(s3direct, "CONNECT_TIMEOUT", 3.0)
+    monkeypatch.setattr(s3direct, "READ_TIMEOUT", 3.0)
+    monkeypatch.setattr(s3direct, "ATTEMPTS", 1)
+    monkeypatch.setattr(storage, "MULTIPART_FROM", 64 * 2**20)  # one PUT
+    store, _ = through_proxy([("slow", 8_000_000)])
+    data = os.urandom(40_000_000)
+    started = time.monotonic()
+    store.write_bytes("slow.bin", data)
+    assert time.monotonic() - started > 4  # it was slow, and it went through
+    assert store.read_bytes("slow.bin") == data
+
+
+def test_s3_s_errors_become_the_right_exceptions(through_proxy):
+    store, _ = through_proxy([("reply", 403, "SignatureDoesNotMatch")])
+    with pytest.raises(OSError, match="SignatureDoesNotMatch") as raised:
+        store.read_bytes("a")
+    assert not isinstance(raised.value, PermissionError)  # not "read-only"
+    store, _ = through_proxy([("reply", 403, "AccessDenied")])
+    with pytest.raises(PermissionError, match="AccessDenied"):
+        store.read_bytes("a")
+    store, proxy = through_proxy([("reply", 400, "RequestTimeout")])
+    store.write_bytes("b", b"x")  # tried again, as botocore does
+    assert proxy.connections == 2
+
+
+def test_a_completion_that_failed_after_its_200_is_not_taken_for_success():
+    failed = b"<?xml version='1.0'?>" + b" " * 2000 + b"<Error><Code>InternalError</Code></Error>"
+    assert s3direct._completion_failed(failed)
+    done = b"<?xml version='1.0'?>\n   <CompleteMultipartUploadResult><ETag>x</ETag>"
+    assert not s3direct._completion_failed(done + b"</CompleteMultipartUploadResult>")
 
 
 def test_errors_name_the_object_and_keep_s3_s_words(aws_env):

@@ -34,12 +34,17 @@ if TYPE_CHECKING:
 
 #: Set to 0 to send every S3 request through s3fs.
 DIRECT_ENV = "FLOWBOOK_S3_DIRECT"
-#: Attempts per request: connection errors, 500, 502, 503 (SlowDown), 504 and 429
-#: are tried again after a short, growing, jittered pause (as botocore does).
+#: Attempts per request: connection errors, 429, 500, 502, 503 (SlowDown), 504, and
+#: S3's 400 RequestTimeout and BadDigest are tried again after a pause of up to
+#: RETRY_BASE_SECONDS, 2x, 4x, 8x (random within that), as botocore's legacy mode.
 ATTEMPTS = 5
 RETRY_STATUS = (429, 500, 502, 503, 504)
+RETRY_CODES = ("RequestTimeout", "BadDigest", "ConditionalRequestConflict")
+RETRY_BASE_SECONDS = 1.0
+#: Seconds to connect; then to send each SEND_CHUNK of a body, or to get a reply.
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+SEND_CHUNK = 128 << 10
 #: Unreserved characters of SigV4's URI encoding (besides letters and digits).
 _SAFE = "-_.~"
 #: Environment variables whose presence means settings this module does not read.
@@ -54,6 +59,7 @@ _UNSUPPORTED_ENV = (
     "AWS_USE_DUALSTACK_ENDPOINT",
     "AWS_S3_US_EAST_1_REGIONAL_ENDPOINT",
     "AWS_S3_DISABLE_MULTIREGION_ACCESS_POINTS",
+    "AWS_REQUEST_CHECKSUM_CALCULATION",
 )
 #: Settings of an AWS config profile that this module does not read.
 _UNSUPPORTED_PROFILE_KEYS = (
@@ -64,7 +70,11 @@ _UNSUPPORTED_PROFILE_KEYS = (
     "use_fips_endpoint",
     "use_dualstack_endpoint",
     "ignore_configured_endpoint_urls",
+    "request_checksum_calculation",
 )
+#: Partitions whose S3 lives under another domain or needs more than SigV4 (ISO
+#: regions): their buckets are left to s3fs; China's domain is known here.
+_OTHER_PARTITIONS = ("us-iso", "eu-iso")
 _FALSE = ("0", "false", "no", "off")
 
 
@@ -237,21 +247,34 @@ class DirectS3:
         profile = _profile_config()
         if profile is None or any(name in profile for name in _UNSUPPORTED_PROFILE_KEYS):
             return None
-        region = (
-            environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or profile.get("region")
-        )
+        # botocore's order: AWS_DEFAULT_REGION, then the profile (not AWS_REGION)
+        region = environ.get("AWS_DEFAULT_REGION") or profile.get("region")
         access_key = environ.get("AWS_ACCESS_KEY_ID")
         secret_key = environ.get("AWS_SECRET_ACCESS_KEY")
         if access_key and secret_key:
-            credentials = Credentials(access_key, secret_key, environ.get("AWS_SESSION_TOKEN"))
+            token = environ.get("AWS_SECURITY_TOKEN") or environ.get("AWS_SESSION_TOKEN")
+            credentials = Credentials(access_key, secret_key, token)
         else:
             found = _botocore_settings()
             if found is None:
                 return None
             credentials, config_region = found
             region = region or config_region
+        region = region or "us-east-1"
+        if not endpoint and region.startswith(_OTHER_PARTITIONS):
+            return None
         verify: Any = environ.get("AWS_CA_BUNDLE") or True
-        return cls(credentials, region or "us-east-1", endpoint, verify)
+        return cls(credentials, region, endpoint, verify)
+
+    @staticmethod
+    def serves(bucket: str) -> bool:
+        """Whether requests for ``bucket`` can be sent here (not a directory bucket,
+        which needs S3 Express sessions, nor an access point ARN or alias)."""
+        return (
+            bool(bucket)
+            and not bucket.endswith(("--x-s3", "-s3alias", "--op-s3"))
+            and (":" not in bucket)
+        )
 
     def prepare(self) -> None:
         """Before this process forks tasks: read the credentials (a refreshable
@@ -489,9 +512,13 @@ class DirectS3:
                 _pause(attempt)
                 continue
             status = response.status
-            if status == 200 and method == "POST" and b"<Error>" in response.body[:512]:
-                # S3 may fail a multipart upload's completion after its 200 went
-                # out: the error is in the body, and the completion can be sent again
+            if (
+                status == 200
+                and operation == "CompleteMultipartUpload"
+                and _completion_failed(response.body)
+            ):
+                # S3 failed it after its 200 went out: the error is in the body, and
+                # the completion can be sent again (botocore takes it for a 500)
                 status = response.status = 500
             if status < 300 or (range_ok and status == 416) or (missing_ok and status == 404):
                 return response
@@ -506,15 +533,15 @@ class DirectS3:
             ):
                 self._bucket_regions[bucket] = moved  # the bucket lives in another region
                 continue
-            if status in RETRY_STATUS and attempt < ATTEMPTS:
+            if (status in RETRY_STATUS or code in RETRY_CODES) and attempt < ATTEMPTS:
                 _pause(attempt)
                 continue
             text = f"{where}: {code or status}" + (f": {message}" if message else "")
             if status == 404:
                 raise FileNotFoundError(errno.ENOENT, text)
-            if status == 403:
-                raise PermissionError(errno.EACCES, text)
-            if status == 412 or (status == 409 and code == "ConditionalRequestConflict"):
+            if status == 403 and code in ("", "AccessDenied", "AllAccessDisabled"):
+                raise PermissionError(errno.EACCES, text)  # (not a bad signature or clock)
+            if status == 412:
                 raise PreconditionFailed(text)
             raise OSError(text + f" (HTTP {status})")
 
@@ -524,12 +551,16 @@ class DirectS3:
         if self.endpoint is not None:
             scheme, _, rest = self.endpoint.partition("://")
             host, _, prefix = rest.partition("/")
+            default_port = ":443" if scheme == "https" else ":80"
+            if host.endswith(default_port):  # (botocore neither signs nor sends it)
+                host = host[: -len(default_port)]
             prefix = f"/{prefix}" if prefix else ""
             return scheme, host, f"{prefix}/{uri_encode(bucket)}/"
         region = self._bucket_regions.get(bucket, self.region)
-        if "." not in bucket and bucket == bucket.lower():
-            return "https", f"{bucket}.s3.{region}.amazonaws.com", "/"
-        return "https", f"s3.{region}.amazonaws.com", f"/{uri_encode(bucket)}/"
+        domain = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+        if _dns_compatible(bucket):
+            return "https", f"{bucket}.s3.{region}.{domain}", "/"
+        return "https", f"s3.{region}.{domain}", f"/{uri_encode(bucket)}/"
 
     # ------------------------------------------------------------ connections
     def _connection(self, scheme: str, host: str) -> Any:
@@ -588,9 +619,12 @@ class DirectS3:
         into: Any,
     ) -> Response:
         connection = self._connection(scheme, host)
+        if connection.sock is None:
+            connection.connect()  # within CONNECT_TIMEOUT; then READ_TIMEOUT per send
+        connection.sock.settimeout(READ_TIMEOUT)
+        if memoryview(body).nbytes > SEND_CHUNK:
+            body = _chunks(body)  # type: ignore[assignment]
         connection.request(method, path, body=body if body else None, headers=headers)
-        if connection.sock is not None:
-            connection.sock.settimeout(READ_TIMEOUT)
         reply = connection.getresponse()
         names = {name.lower(): value for name, value in reply.getheaders()}
         if method == "HEAD":
@@ -621,6 +655,13 @@ def _http_errors() -> type[BaseException]:
     import http.client
 
     return http.client.HTTPException
+
+
+def _chunks(body: bytes | bytearray | memoryview) -> Any:
+    """The body in SEND_CHUNK pieces: each must go out within READ_TIMEOUT (a body
+    sent whole would have to go out within it all at once: 16 MB on a slow link)."""
+    view = memoryview(body).cast("B")
+    return (view[start : start + SEND_CHUNK] for start in range(0, len(view), SEND_CHUNK))
 
 
 def _total_size(headers: dict[str, str]) -> int:
@@ -667,10 +708,30 @@ def slice_of(views: list[memoryview], start: int, end: int) -> memoryview | byte
 
 
 def _pause(attempt: int) -> None:
-    """Wait before trying again: about 50 ms, doubling, at most 2 s, jittered."""
+    """Wait before trying again, as botocore's legacy retries: a random part of
+    RETRY_BASE_SECONDS, doubling with each attempt."""
     import random
 
-    time.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random()))
+    time.sleep(random.random() * RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+
+
+def _dns_compatible(bucket: str) -> bool:
+    """Whether a bucket can be addressed by host name (botocore's rule: 3 to 63
+    lower-case letters, digits and hyphens, starting and ending with a letter or
+    digit; no dots, which the wildcard certificate cannot cover)."""
+    allowed = "abcdefghijklmnopqrstuvwxyz0123456789-"
+    return (
+        3 <= len(bucket) <= 63
+        and all(char in allowed for char in bucket)
+        and bucket[0] != "-"
+        and bucket[-1] != "-"
+    )
+
+
+def _completion_failed(body: bytes) -> bool:
+    """Whether a 200 answer to CompleteMultipartUpload is in fact an error: S3 may
+    send whitespace to keep a long completion alive, then an error document."""
+    return b"<CompleteMultipartUploadResult" not in body
 
 
 def _ca_bundle(verify: Any) -> str | None:
@@ -718,17 +779,21 @@ def _profile_config() -> dict[str, str] | None:
         return {}
     import configparser  # (imports re: only when there is a file to read)
 
-    name = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or "default"
+    # botocore's order: AWS_DEFAULT_PROFILE, then AWS_PROFILE
+    name = os.environ.get("AWS_DEFAULT_PROFILE") or os.environ.get("AWS_PROFILE") or "default"
     parser = configparser.RawConfigParser()
     try:
         if not parser.read(path):
             return {}
     except (configparser.Error, UnicodeDecodeError):
         return None
-    for section in (f"profile {name}", name):
+    sections = ["profile default", "default"] if name == "default" else [f"profile {name}"]
+    for section in sections:
         if parser.has_section(section):
             return dict(parser.items(section))
-    return {}
+    # a named profile that is not there: botocore refuses it (ProfileNotFound), and
+    # s3fs will say so
+    return {} if name == "default" else None
 
 
 def _botocore_settings() -> tuple[Credentials, str | None] | None:

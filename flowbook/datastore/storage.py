@@ -702,7 +702,9 @@ class FsspecStorage(Storage):
             self.root = self.url.split("://", 1)[1].strip("/")
             if not self.root:
                 raise DatastoreError(f"Cannot open datastore {url}: it names no bucket")
-        else:
+            if not self.direct.serves(self.root.partition("/")[0]):
+                self.direct = None
+        if self.direct is None:
             self._open_fs()
 
     @property
