@@ -445,6 +445,19 @@ def test_s3_s_errors_become_the_right_exceptions(through_proxy):
     assert proxy.connections == 2
 
 
+def test_a_huge_upload_uses_larger_parts_than_asked_for(through_proxy, monkeypatch):
+    """S3 takes 10,000 parts at most: the part size grows to fit the object."""
+    monkeypatch.setattr(s3direct, "MAX_PARTS", 2)
+    store, _ = through_proxy([])
+    sent: list[str] = []
+    monkeypatch.setattr(s3direct.DirectS3, "observers", [sent.append])
+    data = os.urandom(11 * 2**20)
+    bucket, key = store._s3_key("blobs/ee/huge")
+    store.direct.upload(bucket, key, [memoryview(data)], 5 * 2**20, 4)
+    assert sent.count("UploadPart") == 2
+    assert store.read_bytes("blobs/ee/huge") == data
+
+
 def test_a_completion_that_failed_after_its_200_is_not_taken_for_success():
     failed = b"<?xml version='1.0'?>" + b" " * 2000 + b"<Error><Code>InternalError</Code></Error>"
     assert s3direct._completion_failed(failed)

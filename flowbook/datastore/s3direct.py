@@ -45,6 +45,7 @@ RETRY_BASE_SECONDS = 1.0
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 SEND_CHUNK = 128 << 10
+MAX_PARTS = 10_000
 #: Unreserved characters of SigV4's URI encoding (besides letters and digits).
 _SAFE = "-_.~"
 #: Environment variables whose presence means settings this module does not read.
@@ -398,6 +399,7 @@ class DirectS3:
         sent from it without a copy. The object appears whole when the upload
         completes, or not at all (the upload is aborted on any failure)."""
         size = sum(view.nbytes for view in views)
+        part_size = max(part_size, -(-size // MAX_PARTS))  # S3 takes 10,000 parts at most
         created = self._request(
             "POST",
             bucket,
@@ -523,7 +525,9 @@ class DirectS3:
             if status < 300 or (range_ok and status == 416) or (missing_ok and status == 404):
                 return response
             code, message = _error_of(response)
-            moved = response.headers.get("x-amz-bucket-region")
+            moved = response.headers.get("x-amz-bucket-region") or _element(
+                response.body.decode("utf-8", "replace"), "Region"
+            )
             if (
                 self.endpoint is None
                 and moved
