@@ -44,20 +44,16 @@ class GraphCache:
 
     def save(self) -> None:
         """Write what changed; a directory that cannot be written is left alone."""
+        from .datastore.storage import replace_file
+
         for filename in self._changed:
             entry = self._files[filename]
             path = _cache_path(filename)
-            tmp = f"{path}.{os.getpid()}.tmp"
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-                with open(tmp, "w") as handle:
-                    handle.write(jsonio.dumps(entry))
-                os.replace(tmp, path)
             except OSError:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                continue
+            replace_file(path, jsonio.dumps(entry).encode("utf-8"))
         self._changed.clear()
 
     def _entry(self, filename: str) -> dict[str, Any] | None:

@@ -678,3 +678,30 @@ def test_flow_run_in_a_kernel_runs_on_dask(tmp_path, dask_cluster, monkeypatch):
     run = Flow("KernelOnDask", datastore=str(tmp_path / ".flowbook"), namespace=None).latest_run
     assert run.successful and run.data.total == 30
     assert len(list(run["body"])) == 3
+
+
+def test_task_records_come_back_with_the_exit_not_from_s3(dask_cluster, moto_s3, monkeypatch):
+    """A task on a Dask worker (on any machine) sends its final record back with its
+    exit event, so the scheduler fetches no ``done.json`` from S3: counted here, in a
+    scheduler run in this process (the workers' own requests are theirs)."""
+    from flowbook.datastore import s3direct
+    from flowbook.graph import FlowGraph
+    from flowbook.loader import load_flow_class
+    from flowbook.runtime.launch import run_flow
+
+    for name, value in moto_s3.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("USER", TEST_USER)
+    flow_cls = load_flow_class(str(Path(__file__).parent / "flows" / "nested.py"))
+    sent: list[str] = []
+    monkeypatch.setattr(s3direct.DirectS3, "observers", [sent.append])
+    outcome = run_flow(
+        flow_cls,
+        FlowGraph.from_flow_class(flow_cls),
+        {},
+        datastore_url=f"s3://{MOTO_BUCKET}/records-{uuid.uuid4().hex[:8]}",
+        executor_settings={"executor": "dask", "dask_scheduler": dask_cluster.address},
+    )
+    assert outcome.successful
+    assert sent.count("GetObject") == 0, sent  # 16 tasks, no record fetched
+    assert "PutObject" in sent  # (the run's own records: this process does send)

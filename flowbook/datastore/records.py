@@ -31,7 +31,7 @@ from .. import jsonio
 from ..exceptions import CorruptBlobError, CorruptRecordError
 from ..names import check, is_valid
 from .blobs import BlobStore, MappedBlob, type_name
-from .storage import DIR_MODE, Storage, make_dirs, open_storage
+from .storage import DIR_MODE, Storage, make_dirs, open_storage, replace_file
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -187,6 +187,24 @@ def shown_value(value: object) -> str:
     from ..names import shown
 
     return shown(value, 40)
+
+
+def leave_record_copy(path: str, data: bytes) -> None:
+    """Put a copy of a task's final record at ``path`` (a local file, whole or not
+    at all) for a scheduler on this machine (see ``Datastore.write_attempt_done``).
+    Only ever a shortcut: failing to write it is not an error."""
+    replace_file(path, data)
+
+
+def take_record_copy(path: str) -> bytes | None:
+    """The bytes of the record copy at ``path``, removed; None when there is none."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        os.unlink(path)
+    except OSError:
+        return None
+    return data
 
 
 class Datastore:
@@ -356,16 +374,7 @@ class Datastore:
         data = _dumps(record)
         self.storage.write_bytes(path, data)
         if copy_to:
-            tmp = f"{copy_to}.{os.getpid()}.tmp"
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, copy_to)
-            except OSError:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+            leave_record_copy(copy_to, data)
 
     def read_attempt_done(
         self,
@@ -380,15 +389,14 @@ class Datastore:
         (naming the file) when it cannot be read. With ``copy_at``, the local copy
         the task left there (``write_attempt_done``) is read and removed instead,
         when it is there and sound."""
-        if copy_at:
+        data = take_record_copy(copy_at) if copy_at else None
+        if data is not None:
             try:
-                with open(copy_at, "rb") as handle:
-                    record = jsonio.loads(handle.read())
-                os.unlink(copy_at)
+                record = jsonio.loads(data)
                 if isinstance(record, dict) and _attempt_shape_error(record) is None:
                     return record
-            except (OSError, ValueError):
-                pass  # no copy (another machine ran it): the datastore has the record
+            except ValueError:
+                pass  # not sound: the datastore has the record
         path = self.attempt_file(flow, run_id, step, task_id, attempt, "done.json")
         return self._read_json(path, _attempt_shape_error)
 

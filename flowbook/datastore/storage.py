@@ -214,6 +214,23 @@ _TRUSTED_ROOTS: set[str] = set()
 DIR_MODE = 0o775
 
 
+def replace_file(path: str, data: bytes) -> bool:
+    """Write ``data`` to the local file ``path`` whole or not at all (a temporary
+    file renamed over it); False, leaving nothing behind, when it cannot be written."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+    return True
+
+
 def make_dirs(path: str) -> None:
     """``os.makedirs(path, exist_ok=True)``, with every directory it makes (not only
     the last, as ``os.makedirs`` does) in ``DIR_MODE``."""

@@ -216,6 +216,7 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
 
     from .. import jsonio
     from ..datastore import Datastore
+    from ..datastore.records import take_record_copy
     from ..datastore.storage import open_storage
     from .one_task import _set_log_paths
     from .spec import TaskSpec
@@ -235,6 +236,11 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
         # lost worker's tasks); the scheduler has failed it already: do nothing
         return EXIT_RERUN
     _set_log_paths(datastore, spec)  # this machine's paths (a spool for a remote datastore)
+    if spec.record_copy:
+        # the task leaves its record in its spool here, and it goes back to the
+        # scheduler with the exit event: the scheduler need not fetch it from S3
+        spec.record_copy = os.path.join(os.path.dirname(spec.stdout_path), "done.json")
+    record = None
     server = _server_for(message["loader"], message.get("warm", []), spec.datastore_url)
     tails = [_Tail(spec.stdout_path, "out"), _Tail(spec.stderr_path, "err")]
     _RUNNING[token] = server
@@ -267,6 +273,8 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
         server.started.pop(token, None)
         for tail in tails:
             tail.close()
+        if spec.record_copy:
+            record = take_record_copy(spec.record_copy)
         if forward_logs:  # the task uploaded its spool files at its end
             for path in (spec.stdout_path, spec.stderr_path):
                 try:
@@ -277,7 +285,10 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
                 os.rmdir(os.path.dirname(spec.stdout_path))
             except OSError:
                 pass
-    worker.log_event(topic, {"t": token, "k": key, "e": "exit", "code": code})
+    exited = {"t": token, "k": key, "e": "exit", "code": code}
+    if record is not None:
+        exited["r"] = record
+    worker.log_event(topic, exited)
     return code
 
 
@@ -674,6 +685,11 @@ class DaskExecutor(TaskExecutor):
         elif kind in ("out", "err"):
             self._append_log(submission, kind, message.get("d") or b"")
         elif kind == "exit":
+            if message.get("r") and submission.spec.record_copy:
+                # where a task on this machine would have left it (Scheduler._finish)
+                from ..datastore.records import leave_record_copy
+
+                leave_record_copy(submission.spec.record_copy, message["r"])
             self._exited(submission, int(message["code"]), results)
         elif kind == "done":
             self._future_done(submission, results)
