@@ -455,3 +455,13 @@ def test_a_task_leaves_its_record_for_a_scheduler_on_its_machine(s3_storage, tmp
         "F", "1", "s", "2", 0, record, copy_to=str(tmp_path / "gone" / "x.done.json")
     )
     assert datastore.read_attempt_done("F", "1", "s", "2", 0) == record
+
+
+def test_a_listing_gives_the_names_under_a_directory(any_s3_storage):
+    names = ["a.json", "b c+d=é.json", "sub/x.json", "sub/deeper/y.json", "zz/"]
+    for name in names:
+        any_s3_storage.write_bytes(f"flows/F/{name}", b"{}")
+    any_s3_storage.write_bytes("flows/Fother/not-this.json", b"{}")
+    assert sorted(any_s3_storage.list("flows/F")) == ["a.json", "b c+d=é.json", "sub", "zz"]
+    assert sorted(any_s3_storage.list("flows/F/sub/")) == ["deeper", "x.json"]
+    assert any_s3_storage.list("flows/nothing") == []

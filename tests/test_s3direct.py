@@ -458,6 +458,20 @@ def test_a_huge_upload_uses_larger_parts_than_asked_for(through_proxy, monkeypat
     assert store.read_bytes("blobs/ee/huge") == data
 
 
+def test_a_long_listing_comes_in_pages(aws_env, monkeypatch):
+    store = storage.open_storage(f"s3://{MOTO_BUCKET}/pages-{uuid.uuid4().hex[:8]}")
+    for index in range(5):
+        store.write_bytes(f"d/{index}.json", b"{}")
+        store.write_bytes(f"d/dir{index}/x", b"{}")
+    sent: list[str] = []
+    monkeypatch.setattr(s3direct.DirectS3, "observers", [sent.append])
+    bucket, key = store._s3_key("d")
+    listed = store.direct.list(bucket, key + "/", page_size=3)
+    assert sorted(listed) == sorted([f"{i}.json" for i in range(5)] + [f"dir{i}" for i in range(5)])
+    assert sent == ["ListObjectsV2"] * 4  # 10 names, 3 a page
+    assert storage.open_storage("s3://no-such-bucket-listed/x").list("y") == []
+
+
 def test_a_completion_that_failed_after_its_200_is_not_taken_for_success():
     failed = b"<?xml version='1.0'?>" + b" " * 2000 + b"<Error><Code>InternalError</Code></Error>"
     assert s3direct._completion_failed(failed)

@@ -17,8 +17,7 @@ what botocore would use: credentials from the environment or botocore's own chai
 the region, an endpoint URL from the environment. Anything it does not read
 (proxies, FIPS or dual-stack endpoints, a profile with an endpoint or S3 settings,
 fsspec configuration for s3) leaves every request to s3fs, as does
-``FLOWBOOK_S3_DIRECT=0``. Listings always go through s3fs (see
-``storage.FsspecStorage``).
+``FLOWBOOK_S3_DIRECT=0`` (see ``storage.FsspecStorage``).
 """
 
 from __future__ import annotations
@@ -459,6 +458,39 @@ class DirectS3:
                 pass
             raise
 
+    def list(self, bucket: str, prefix: str, page_size: int = 1000) -> list[str]:
+        """The names directly under ``prefix`` (a "directory" ending in ``/``):
+        objects and common prefixes, from ListObjectsV2 pages of ``page_size``
+        (S3 sends names URL-encoded, as botocore asks too, and they are decoded)."""
+        from urllib.parse import unquote_plus
+        from xml.etree import ElementTree
+
+        names: list[str] = []
+        query = {
+            "list-type": "2",
+            "prefix": prefix,
+            "delimiter": "/",
+            "encoding-type": "url",
+            "max-keys": str(page_size),
+        }
+        while True:
+            page = self._request("GET", bucket, "", "ListObjectsV2", query=query)
+            root = ElementTree.fromstring(page.body)
+            fields = {_tag(child): child for child in root}
+            for child in root:
+                part = {_tag(field): field.text or "" for field in child}
+                full = part.get("Key") if _tag(child) == "Contents" else None
+                if _tag(child) == "CommonPrefixes":
+                    full = part.get("Prefix")
+                name = unquote_plus(full or "")[len(prefix) :].rstrip("/")
+                if name:
+                    names.append(name)
+            truncated = fields.get("IsTruncated")
+            token = fields.get("NextContinuationToken")
+            if truncated is None or truncated.text != "true" or token is None:
+                return names
+            query["continuation-token"] = token.text or ""
+
     def delete(self, bucket: str, key: str) -> None:
         """Remove the object (S3 answers alike whether it was there or not)."""
         self._request("DELETE", bucket, key, "DeleteObject", missing_ok=True)
@@ -674,6 +706,11 @@ def _total_size(headers: dict[str, str]) -> int:
     if total.isdigit():
         return int(total)
     return int(headers.get("content-length", "0"))
+
+
+def _tag(element: Any) -> str:
+    """An XML element's name without its namespace."""
+    return element.tag.rpartition("}")[2]
 
 
 def _element(text: str, name: str) -> str:

@@ -726,8 +726,8 @@ class FsspecStorage(Storage):
 
     @property
     def fs(self) -> Any:
-        """The fsspec file system (on S3 made at first use: only listings, large
-        uploads and settings ``s3direct`` does not read need it)."""
+        """The fsspec file system (on S3 made at first use: with ``s3direct`` only
+        ``open_read`` needs it)."""
         if self._fs is None:
             self._open_fs()
         return self._fs
@@ -1107,6 +1107,12 @@ class FsspecStorage(Storage):
         return None
 
     def list(self, path: str) -> list[str]:
+        if self.direct is not None:
+            bucket, key = self._s3_key(path)
+            try:
+                return self.direct.list(bucket, key.rstrip("/") + "/" if key else "")
+            except FileNotFoundError:  # (the bucket)
+                return []
         full = self._full(path)
         try:
             entries = self.fs.ls(full, detail=False, refresh=True)
