@@ -1,5 +1,6 @@
-"""S3's one-object requests sent directly: PUT, GET and HEAD over a kept-alive
-``http.client`` connection, signed here with AWS Signature Version 4.
+"""S3's requests sent directly: GET, PUT, HEAD, DELETE, multipart uploads and
+listings over kept-alive ``http.client`` connections, signed here with AWS
+Signature Version 4.
 
 A task on an S3 datastore sends two or three small requests (its start and done
 records, perhaps a small blob). Through s3fs each task process paid for an event
