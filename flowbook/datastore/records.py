@@ -189,13 +189,6 @@ def shown_value(value: object) -> str:
     return shown(value, 40)
 
 
-def leave_record_copy(path: str, data: bytes) -> None:
-    """Put a copy of a task's final record at ``path`` (a local file, whole or not
-    at all) for a scheduler on this machine (see ``Datastore.write_attempt_done``).
-    Only ever a shortcut: failing to write it is not an error."""
-    replace_file(path, data)
-
-
 def take_record_copy(path: str) -> bytes | None:
     """The bytes of the record copy at ``path``, removed; None when there is none."""
     try:
@@ -374,7 +367,7 @@ class Datastore:
         data = _dumps(record)
         self.storage.write_bytes(path, data)
         if copy_to:
-            leave_record_copy(copy_to, data)
+            replace_file(copy_to, data)  # only ever a shortcut: failing is no error
 
     def read_attempt_done(
         self,

@@ -18,7 +18,8 @@ what botocore would use: credentials from the environment or botocore's own chai
 the region, an endpoint URL from the environment. Anything it does not read
 (proxies, FIPS or dual-stack endpoints, a profile with an endpoint or S3 settings,
 fsspec configuration for s3) leaves every request to s3fs, as does
-``FLOWBOOK_S3_DIRECT=0`` (see ``storage.FsspecStorage``).
+``FLOWBOOK_S3_DIRECT=0`` (``s3storage.DirectS3Storage`` uses it; ``storage.FsspecStorage``
+is the datastore otherwise).
 """
 
 from __future__ import annotations
@@ -476,7 +477,10 @@ class DirectS3:
         }
         while True:
             page = self._request("GET", bucket, "", "ListObjectsV2", query=query)
-            root = ElementTree.fromstring(page.body)
+            try:
+                root = ElementTree.fromstring(page.body)
+            except ElementTree.ParseError as exc:
+                raise OSError(f"s3://{bucket}/{prefix}: an unreadable listing ({exc})") from None
             fields = {_tag(child): child for child in root}
             for child in root:
                 part = {_tag(field): field.text or "" for field in child}

@@ -7,7 +7,9 @@ Two implementations of one small interface:
   to a temporary file under ``<root>/tmp`` and renamed into place, so a reader never
   sees half an object, even when the writer is killed with SIGKILL.
 * :class:`FsspecStorage` for any other fsspec URL (``s3://...``, ``memory://...``).
-  A single PUT is atomic on object stores, so objects are uploaded whole.
+  A single PUT is atomic on object stores, so objects are uploaded whole. On S3
+  ``open_storage`` gives ``s3storage.DirectS3Storage`` instead where it can, whose
+  requests are sent without s3fs.
 
 Paths are ``/``-separated and relative to the root.
 
@@ -644,30 +646,6 @@ def _s3_http_session() -> type | None:
     return SharedSSLSession
 
 
-#: This process's DirectS3, by the environment it was made from (see _direct_s3).
-_DIRECT: dict[tuple, Any] = {}
-
-
-def _direct_s3() -> Any:
-    """This process's ``s3direct.DirectS3`` for its AWS settings (one per process, so
-    its connections are kept between datastore objects), or None when they need
-    s3fs. Made again when the environment's AWS settings change."""
-    from . import s3direct
-
-    key = tuple(
-        sorted(
-            (name, value)
-            for name, value in os.environ.items()
-            if name.startswith(("AWS_", "FLOWBOOK_S3", "FSSPEC_"))
-            or name.lower().endswith("_proxy")
-        )
-    )
-    if key not in _DIRECT:
-        _DIRECT.clear()
-        _DIRECT[key] = s3direct.DirectS3.from_environment()
-    return _DIRECT[key]
-
-
 def _client_error_code(exc: BaseException) -> str:
     """The S3 error code (``"PreconditionFailed"``, ``"InvalidRange"``) behind an
     error s3fs translated, or ""."""
@@ -706,28 +684,18 @@ class FsspecStorage(Storage):
     read in ranges at once without asking for its size, and uploaded in parts from
     the value's own buffers."""
 
+    #: S3 requests sent without s3fs (``s3storage.DirectS3Storage``); None here
+    direct: Any = None
+
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         self.url = url.rstrip("/")
         self._options = dict(storage_options or {})
-        protocol = self.url.split("://", 1)[0]
-        #: S3: objects are read and written with S3's own requests (see the class)
-        self.s3 = protocol in ("s3", "s3a")
         self._fs: Any = None
-        #: one-object requests sent without s3fs (None: s3fs sends every request)
-        self.direct = _direct_s3() if self.s3 and not self._options else None
-        if self.direct is not None:
-            self.root = self.url.split("://", 1)[1].strip("/")
-            if not self.root:
-                raise DatastoreError(f"Cannot open datastore {url}: it names no bucket")
-            if not self.direct.serves(self.root.partition("/")[0]):
-                self.direct = None
-        if self.direct is None:
-            self._open_fs()
+        self._open_fs()
 
     @property
     def fs(self) -> Any:
-        """The fsspec file system (on S3 made at first use: with ``s3direct`` only
-        ``open_read`` needs it)."""
+        """The fsspec file system (made at first use by ``DirectS3Storage``)."""
         if self._fs is None:
             self._open_fs()
         return self._fs
@@ -768,8 +736,6 @@ class FsspecStorage(Storage):
 
     def task_modules(self) -> list[str]:
         """What a process that runs tasks on this datastore imports to reach it."""
-        if self.direct is not None:
-            return ["flowbook.datastore.s3direct", "http.client", "hmac"]
         return ["fsspec", type(self.fs).__module__.split(".")[0]]
 
     def _options_key(self) -> str:
@@ -798,9 +764,6 @@ class FsspecStorage(Storage):
         return f"{self.root}/{path}" if path else self.root
 
     def _s3_key(self, path: str) -> tuple[str, str]:
-        if self.direct is not None:
-            bucket, _, key = self._full(path).partition("/")
-            return bucket, key
         bucket, key, _ = self.fs.split_path(self._full(path))
         return bucket, key
 
@@ -813,16 +776,7 @@ class FsspecStorage(Storage):
         """Do now, once, what every task process forked from this one would otherwise
         do for itself: on S3, read botocore's S3 model and endpoint rules into the
         session, build the SSL context, and make a spare client that each forked
-        process takes as its own (see ``_adopt_spare_client``). No request is sent.
-        With ``s3direct``: read the credentials and build its SSL context instead
-        (and prepare s3fs only if this process has used it)."""
-        if self.direct is not None:
-            try:
-                self.direct.prepare()
-            except Exception:  # a head start only
-                pass
-            if self._fs is None:
-                return
+        process takes as its own (see ``_adopt_spare_client``). No request is sent."""
         if not self.s3:
             return
         try:
@@ -842,8 +796,6 @@ class FsspecStorage(Storage):
 
     # ------------------------------------------------------------ reading
     def exists(self, path: str) -> bool:
-        if self.direct is not None:
-            return self.direct.head(*self._s3_key(path))
         if not self.s3:
             return self.fs.exists(self._full(path))
         bucket, key = self._s3_key(path)
@@ -854,8 +806,6 @@ class FsspecStorage(Storage):
         return True
 
     def read_bytes(self, path: str) -> bytes:
-        if self.direct is not None:
-            return self.direct.get(*self._s3_key(path))
         if not self.s3:
             return self.fs.cat_file(self._full(path))
         return bytes(self._sync(self._s3_read, *self._s3_key(path), False))
@@ -864,9 +814,6 @@ class FsspecStorage(Storage):
         return self.fs.open(self._full(path), "rb")
 
     def read_buffer(self, path: str) -> bytearray | memoryview:
-        if self.direct is not None:
-            bucket, key = self._s3_key(path)
-            return self.direct.read(bucket, key, PARALLEL_PART_SIZE, PARALLEL_PARTS)
         if self.s3:
             return self._sync(self._s3_read, *self._s3_key(path), True)
         full = self._full(path)
@@ -1002,13 +949,6 @@ class FsspecStorage(Storage):
 
     def _write(self, path: str, parts: list, exclusive: bool) -> bool:
         try:
-            if self.direct is not None:
-                views = [memoryview(part).cast("B") for part in parts]
-                if sum(view.nbytes for view in views) < MULTIPART_FROM:
-                    data = views[0] if len(views) == 1 else b"".join(views)
-                    return self.direct.put(*self._s3_key(path), data, exclusive)
-                self.direct.upload(*self._s3_key(path), views, UPLOAD_PART_SIZE, UPLOAD_PARTS)
-                return True
             if self.s3:
                 return self._sync(self._s3_write, *self._s3_key(path), parts, exclusive)
             # one copy at most: bytes.join takes memoryviews as they are
@@ -1092,8 +1032,6 @@ class FsspecStorage(Storage):
     def process_local_reason(self) -> str | None:
         """Process-local when fsspec's file system (or one it wraps, as ``dir::`` or
         ``simplecache::`` do) keeps its files in this process's memory."""
-        if self.direct is not None:
-            return None
         fs, depth = self.fs, 0
         while fs is not None and depth < 8:
             protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
@@ -1107,12 +1045,6 @@ class FsspecStorage(Storage):
         return None
 
     def list(self, path: str) -> list[str]:
-        if self.direct is not None:
-            bucket, key = self._s3_key(path)
-            try:
-                return self.direct.list(bucket, key.rstrip("/") + "/" if key else "")
-            except FileNotFoundError:  # (the bucket)
-                return []
         full = self._full(path)
         try:
             entries = self.fs.ls(full, detail=False, refresh=True)
@@ -1129,12 +1061,6 @@ class FsspecStorage(Storage):
         return [n for n in names if n]
 
     def delete(self, path: str) -> None:
-        if self.direct is not None:
-            try:
-                self.direct.delete(*self._s3_key(path))
-            except FileNotFoundError:  # (the bucket)
-                pass
-            return
         try:
             self.fs.rm_file(self._full(path))
         except FileNotFoundError:
@@ -1155,4 +1081,10 @@ def open_storage(url: str | None = None, create: bool = True, trusted: bool = Fa
         return LocalStorage(url[len("file://") :], create=create, trusted=trusted)
     if "://" not in url:
         return LocalStorage(url, create=create, trusted=trusted)
+    if url.startswith(("s3://", "s3a://")):
+        from .s3storage import direct_s3_storage
+
+        direct = direct_s3_storage(url)
+        if direct is not None:
+            return direct
     return FsspecStorage(url)

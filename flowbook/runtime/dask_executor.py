@@ -687,9 +687,9 @@ class DaskExecutor(TaskExecutor):
         elif kind == "exit":
             if message.get("r") and submission.spec.record_copy:
                 # where a task on this machine would have left it (Scheduler._finish)
-                from ..datastore.records import leave_record_copy
+                from ..datastore.storage import replace_file
 
-                leave_record_copy(submission.spec.record_copy, message["r"])
+                replace_file(submission.spec.record_copy, message["r"])
             self._exited(submission, int(message["code"]), results)
         elif kind == "done":
             self._future_done(submission, results)
