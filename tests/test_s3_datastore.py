@@ -18,19 +18,25 @@ def s3_env(moto_s3):
     return dict(os.environ, **moto_s3, USER="tester")
 
 
+def python(args: list[str], cwd, env: dict) -> subprocess.CompletedProcess:
+    """``python ARGS`` in ``cwd`` with ``env``, its output captured as text."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
 def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
     flow = tmp_path / "foreach.py"
     flow.write_text(example_source("foreach"))
     env = dict(s3_env, FLOWBOOK_DATASTORE=f"s3://{MOTO_BUCKET}/{uuid.uuid4().hex[:8]}")
-    run = subprocess.run(
-        [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    env["TMPDIR"] = str(scratch := tmp_path / "tmp")
+    scratch.mkdir()
+    run = python([str(flow), "run"], tmp_path, env)
     assert run.returncode == 0, run.stderr
     assert "mouse won!" in run.stdout
     assert not (tmp_path / ".flowbook").exists()  # nothing went to the local default
-    read = subprocess.run(
+    # the tasks' log spool went with the run (the blob cache stays, bounded)
+    assert [p.name for p in scratch.iterdir()] == [f"flowbook-blob-cache-{os.getuid()}"]
+    read = python(
         [
-            sys.executable,
             "-c",
             "from flowbook import Flow, namespace\n"
             "namespace(None)\n"
@@ -40,10 +46,8 @@ def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
             "print(sorted(t.stdout.strip() for t in run['analyze_creatures']))\n"
             "print(repr(run['start'].task.stderr), repr(run['start'].task.stdout))\n",
         ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+        tmp_path,
+        env,
     )
     assert read.returncode == 0, read.stderr
     lines = read.stdout.splitlines()
@@ -53,13 +57,65 @@ def test_a_foreach_flow_runs_and_reads_back_on_s3(s3_env, tmp_path):
     assert lines[3] == "'' ''"  # empty logs are not uploaded and read as empty
 
 
+STOPPED_FLOW = """
+from flowbook import FlowSpec, step, timeout
+
+
+class StoppedFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.slow)
+
+    @timeout(seconds=2)
+    @step
+    def slow(self):
+        import sys, time
+        print("before the wait", flush=True)
+        print("a warning", file=sys.stderr, flush=True)
+        time.sleep(60)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    StoppedFlow()
+"""
+
+
+def test_a_task_stopped_on_s3_keeps_its_log_and_leaves_no_spool(s3_env, tmp_path):
+    flow = tmp_path / "stopped.py"
+    flow.write_text(STOPPED_FLOW)
+    env = dict(s3_env, FLOWBOOK_DATASTORE=f"s3://{MOTO_BUCKET}/{uuid.uuid4().hex[:8]}")
+    env["TMPDIR"] = str(scratch := tmp_path / "tmp")
+    scratch.mkdir()
+    run = python([str(flow), "run"], tmp_path, env)
+    assert run.returncode == 1
+    assert "timed out after 2 s" in run.stderr
+    assert not [p for p in scratch.iterdir() if p.name.startswith("flowbook-logs-")]
+    # the task never got to upload its log: the scheduler did, from its spool
+    read = python(
+        [
+            "-c",
+            "from flowbook import Flow, namespace\n"
+            "namespace(None)\n"
+            "task = Flow('StoppedFlow').latest_run['slow'].task\n"
+            "print(repr(task.stdout), repr(task.stderr))\n",
+        ],
+        tmp_path,
+        env,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.strip() == "'before the wait\\n' 'a warning\\n'"
+
+
 def test_a_missing_bucket_is_one_line_before_anything_runs(s3_env, tmp_path):
     flow = tmp_path / "hello.py"
     flow.write_text(example_source("helloworld"))
     env = dict(s3_env, FLOWBOOK_DATASTORE="s3://no-such-bucket-here/ds")
-    run = subprocess.run(
-        [sys.executable, str(flow), "run"], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
+    run = python([str(flow), "run"], tmp_path, env)
     assert run.returncode == 1
     assert "Traceback" not in run.stderr
     assert "s3://no-such-bucket-here/ds" in run.stderr

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from ..datastore import Datastore
 from ..decorators import step_settings
-from ..exceptions import CorruptRecordError
+from ..exceptions import CorruptRecordError, DatastoreError
 from ..graph import FlowGraph
 from ..options import DEFAULT_MAX_NUM_SPLITS, DEFAULT_MAX_WORKERS
 from ..plain import Plain
@@ -28,7 +28,7 @@ from .executor import ExecutorLost, TaskExecutor, TaskExited, TaskStarted
 from .frames import foreach_frame, join_key, join_order, join_slot, parent_info, split_frame
 from .resume import ResumePlan
 from .spec import TaskSpec
-from .task import EXIT_CANNOT_RECORD
+from .task import EXIT_CANNOT_RECORD, upload_logs
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -206,6 +206,8 @@ class Scheduler:
             raise
         except ExecutorLost as exc:
             self._executor_lost(exc)
+        finally:
+            self._remove_spool()
         self._say_reuse_totals()
         if self.only_steps is not None:
             return not self.failures
@@ -317,6 +319,33 @@ class Scheduler:
 
             self._spool = tempfile.mkdtemp(prefix="flowbook-logs-")
         return self._spool
+
+    def _put_away_spooled_logs(self, task: RunningTask, uploaded: bool) -> None:
+        """Remove an ended task's spooled log files (a remote datastore's). A task
+        uploads them itself before its record; one that ended without a record (killed,
+        timed out, stopped) has them uploaded here, so that ``logs`` still shows them."""
+        spec = task.spec
+        spool = getattr(self, "_spool", None)
+        if spool is None or not spec.stdout_path.startswith(spool + os.sep):
+            return
+        if not uploaded:
+            try:
+                upload_logs(self.datastore, spec)
+            except (DatastoreError, OSError) as exc:  # the run goes on without it
+                self.console.error(f"[{task.prefix}] Could not store its log: {exc}")
+        for path in (spec.stdout_path, spec.stderr_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _remove_spool(self) -> None:
+        spool = getattr(self, "_spool", None)
+        if spool is not None:
+            import shutil
+
+            shutil.rmtree(spool, ignore_errors=True)
+            del self._spool
 
     def _launch(self, pending: PendingTask) -> None:
         stdout_path, stderr_path = self._log_paths(pending.step, pending.task_id, pending.attempt)
@@ -461,6 +490,7 @@ class Scheduler:
                 "status": "failed",
                 "exception": {"type": "CorruptRecordError", "message": str(exc)},
             }
+        self._put_away_spooled_logs(task, uploaded=record is not None)
         for module in (record or {}).get("warm", []):
             if module not in self._warmed:
                 self._warmed.add(module)
@@ -626,6 +656,7 @@ class Scheduler:
                 else:
                     task = self.running.pop(event.key)
                     self._tail_logs(task, final=True)
+                    self._put_away_spooled_logs(task, uploaded=False)
         return not self.running
 
     def _executor_lost(self, exc: ExecutorLost) -> None:
@@ -635,5 +666,7 @@ class Scheduler:
         self.console.error(f"Flow {self.flow}: {reason}.")
         for task in self.running.values():
             self.on_event("task_failed", {"step": task.spec.step, "task_id": task.spec.task_id})
+            self._tail_logs(task, final=True)
+            self._put_away_spooled_logs(task, uploaded=False)
         self.running.clear()
         self.failures.append(reason)

@@ -218,7 +218,7 @@ def _run_attempt(
     _flush_output()
     try:
         if not datastore.storage.is_local:
-            _upload_logs(datastore, spec)
+            upload_logs(datastore, spec)
         datastore.write_attempt_done(
             spec.flow_name,
             spec.run_id,
@@ -353,7 +353,7 @@ def _flush_output() -> None:
             pass
 
 
-def _upload_logs(datastore: Datastore, spec: TaskSpec) -> None:
+def upload_logs(datastore: Datastore, spec: TaskSpec) -> None:
     """Copy the attempt's local log spool to a remote datastore. An empty log is not
     uploaded (a missing log reads as empty): most tasks print nothing on stderr, and
     on S3 each object is a request."""
