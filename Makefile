@@ -71,6 +71,7 @@ demo: system-packages-demo install
 lint: install-test
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 
 format: install-test
 	$(PYTHON) -m ruff format .

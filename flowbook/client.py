@@ -25,14 +25,17 @@ leave such a run out with a CorruptRecordWarning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from .datastore import Datastore, default_datastore_url
 from .datastore.records import warn_corrupt
 from .exceptions import ClientNotFound, CorruptRecordError, MissingArtifactError
 from .identity import current_user
 from .names import check_name, check_pathspec, check_run_id, check_task_id
+
+if TYPE_CHECKING:
+    from .datastore.schema import ArtifactEntry, NoRecord, RunRecord, RunStatus, TaskRecord
 
 
 class _Unset:
@@ -97,7 +100,7 @@ def open_datastore(where: str | Datastore | None = None) -> Datastore:
     return cache[url]
 
 
-def _in_namespace(run_record: dict, ns: str | None) -> bool:
+def _in_namespace(run_record: RunRecord, ns: str | None) -> bool:
     if ns is None:
         return True
     return ns in run_record.get("tags", []) or ns in run_record.get("system_tags", [])
@@ -144,8 +147,8 @@ class _ClientObject:
         """The same object: same kind, same pathspec, same datastore."""
         return (
             type(self) is type(other)
-            and self.pathspec == other.pathspec  # type: ignore[attr-defined]
-            and self._ds.url == other._ds.url  # type: ignore[attr-defined]
+            and self.pathspec == other.pathspec
+            and self._ds.url == other._ds.url
         )
 
     def __hash__(self) -> int:
@@ -245,7 +248,7 @@ class Run(_ClientObject):
     def __init__(
         self,
         pathspec: str,
-        _record: dict | None = None,
+        _record: RunRecord | None = None,
         *,
         datastore: str | Datastore | None = None,
         namespace: str | None | _Unset = _GLOBAL,
@@ -264,7 +267,7 @@ class Run(_ClientObject):
         self._record = record
 
     @property
-    def _status(self) -> dict | None:
+    def _status(self) -> RunStatus | None:
         return self._ds.read_run_status(self.flow_name, self.id)
 
     def steps(self) -> Iterator[Step]:
@@ -438,10 +441,10 @@ class Task(_ClientObject):
             if task_id not in self._ds.list_tasks(flow, run_id, step_name):
                 raise ClientNotFound(f"Step {flow}/{run_id}/{step_name} has no task {task_id}.")
         self._attempt: int | None = None
-        self._record_cache: dict | None = None
+        self._record_cache: TaskRecord | NoRecord | None = None
 
     @property
-    def _record(self) -> dict:
+    def _record(self) -> Mapping[str, Any]:  # ({} when the task has no attempt yet)
         if self._record_cache is None or self._record_cache.get("status") == "running":
             self._attempt, self._record_cache = self._ds.latest_attempt(
                 self.flow_name, self.run_id, self.step_name, self.id
@@ -561,7 +564,7 @@ class Task(_ClientObject):
     def stderr(self) -> str:
         return self._log("stderr")
 
-    def _entries(self) -> dict[str, dict]:
+    def _entries(self) -> dict[str, ArtifactEntry]:
         return self._record.get("artifacts") or {}
 
     @property
@@ -591,6 +594,9 @@ class Task(_ClientObject):
 class DataArtifact(_ClientObject):
     """One artifact of a task; ``.data`` loads its value."""
 
+    _task: Task
+    _entry: ArtifactEntry
+
     def __init__(
         self,
         pathspec: str,
@@ -606,7 +612,7 @@ class DataArtifact(_ClientObject):
         self.__dict__.update(found.__dict__)
 
     @classmethod
-    def _from(cls, task: Task, name: str, entry: dict) -> DataArtifact:
+    def _from(cls, task: Task, name: str, entry: ArtifactEntry) -> DataArtifact:
         obj = cls.__new__(cls)
         _ClientObject.__init__(obj, f"{task.pathspec}/{name}", **task._scope())
         obj._task = task

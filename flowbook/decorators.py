@@ -41,7 +41,7 @@ class DecoratorSpec(Plain):
 def _make_step_decorator(name: str) -> Callable:
     defaults = STEP_DECORATOR_DEFAULTS[name]
 
-    def attach(func: Callable, attributes: dict[str, Any]) -> Callable:
+    def attach(func: Any, attributes: dict[str, Any]) -> Any:  # any callable: it gains attributes
         unknown = sorted(set(attributes) - set(defaults))
         if unknown:
             raise FlowbookError(
@@ -94,7 +94,7 @@ def schedule(
 ) -> Any:
     """Flow decorator: when a deployed flow (Argo, Step Functions) runs on its own."""
 
-    def attach(cls: type) -> type:
+    def attach(cls: Any) -> Any:  # a FlowSpec subclass: it gains an attribute
         cls._flowbook_schedule = {
             "cron": cron,
             "daily": daily,

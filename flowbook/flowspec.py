@@ -17,14 +17,16 @@ TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from typing import Any
 
+    from .datastore.schema import ParentInfo
+
 #: Attribute names a step may not assign (they mean something else on a flow).
 RESERVED_NAMES = frozenset({"next", "input", "index", "merge_artifacts", "foreach_stack", "_fb"})
 
 
 def step(func: Callable) -> Callable:
     """Mark a method of a FlowSpec as a step."""
-    func._flowbook_step = True
-    func.is_step = True
+    setattr(func, "_flowbook_step", True)  # noqa: B010 - a Callable declares no such attribute
+    setattr(func, "is_step", True)  # noqa: B010
     return func
 
 
@@ -137,7 +139,11 @@ class FlowSpec:
 class InputView:
     """One incoming branch of a join: its artifacts, read lazily as attributes."""
 
-    def __init__(self, context: Any, parent: dict) -> None:
+    _context: Any  # (a TaskContext)
+    _parent: ParentInfo
+    _cache: dict[str, Any]
+
+    def __init__(self, context: Any, parent: ParentInfo) -> None:
         object.__setattr__(self, "_context", context)
         object.__setattr__(self, "_parent", parent)
         object.__setattr__(self, "_cache", {})

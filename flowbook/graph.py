@@ -258,7 +258,7 @@ class FlowGraph:
             return []
         by_line = sorted(self.nodes.values(), key=lambda n: n.lineno or 0)
         position = {n.name: i for i, n in enumerate(by_line)}
-        ready = sorted((n for n, d in indegree.items() if d == 0), key=position.get)
+        ready = sorted((n for n, d in indegree.items() if d == 0), key=position.__getitem__)
         order = []
         while ready:
             name = ready.pop(0)
@@ -269,7 +269,7 @@ class FlowGraph:
                 indegree[target] -= 1
                 if indegree[target] == 0:
                     ready.append(target)
-                    ready.sort(key=position.get)
+                    ready.sort(key=position.__getitem__)
         return order
 
     def _out_stack(self, parent: StepNode, child: str) -> tuple[Frame, ...]:

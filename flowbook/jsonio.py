@@ -16,10 +16,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-try:
+if TYPE_CHECKING:  # (the checker sees CPython, which always has _json)
     from _json import encode_basestring_ascii, make_encoder, make_scanner
-except ImportError:  # pragma: no cover - every CPython has _json
-    make_scanner = None
+else:
+    try:
+        from _json import encode_basestring_ascii, make_encoder, make_scanner
+    except ImportError:  # pragma: no cover - every CPython has _json
+        make_scanner = None
 
 
 class _DecoderSettings:
@@ -43,7 +46,8 @@ def _not_serializable(obj: Any) -> Any:
 
 
 if make_scanner is not None:
-    _scan = make_scanner(_DecoderSettings())
+    # typeshed types the context as a make_scanner; it is duck-typed (a TODO in _json.pyi)
+    _scan = make_scanner(_DecoderSettings())  # type: ignore[arg-type]
 
 
 def loads(text: str | bytes | bytearray) -> Any:

@@ -6,6 +6,7 @@ It sits below the command line and the runtime, so that neither imports the othe
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -25,10 +26,15 @@ def load_flow_class(path: str, flow_name: str | None = None) -> type:
         raise FlowbookError(f"No such flow file: {path}")
     module_name = os.path.splitext(os.path.basename(path))[0]
     sys.path.insert(0, os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    # a loader named outright: Python source whatever the file's suffix (`myflow`
+    # runs as `python myflow` would run it)
+    loader = importlib.machinery.SourceFileLoader(module_name, path)
+    spec = importlib.util.spec_from_file_location(module_name, path, loader=loader)
+    if spec is None:
+        raise FlowbookError(f"Cannot load {path} as a Python flow file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    loader.exec_module(module)
     flows = [
         value
         for value in vars(module).values()

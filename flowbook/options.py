@@ -368,6 +368,8 @@ def option_args(option: Option, value: Any) -> list[str]:
             raise FlowbookError(f"{option.name}: expected True or False, got {value!r}.")
         if value == option.default:
             return []
+        if TYPE_CHECKING:  # every flag option has its negative spelling
+            assert option.negative is not None
         return [option.name if value else option.negative]
     values = value if option.repeatable and isinstance(value, (list, tuple, set)) else [value]
     words: list[str] = []

@@ -354,7 +354,8 @@ class Runner:
 
         flow = self.flow_cls
         parameters = flow_parameters(flow)
-        by_key = {}
+        by_key: dict[str, Parameter] = {}
+        param: Parameter | None  # each parameter below; then the one a key names, or None
         for attr, param in parameters.items():
             by_key[param.name.replace("-", "_")] = param
             by_key[attr] = param

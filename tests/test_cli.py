@@ -226,6 +226,24 @@ def test_flowbook_program_runs_a_flow_file(run_flow, client):
     assert len(run.data.intervals) == 2
 
 
+def test_flowbook_program_runs_a_flow_file_without_the_py_suffix(run_flow, client):
+    import subprocess
+    import sys
+
+    path = run_flow.write(flow_source("simple"))
+    bare = path.with_suffix("")
+    path.rename(bare)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flowbook", "run", str(bare)],
+        cwd=run_flow.workdir,
+        env=run_flow.env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert client.Flow("SimpleFlow").latest_run.successful
+
+
 def test_run_help_lists_options(run_flow):
     result = run_flow("sleepy", "run", "--help")
     assert result.returncode == 0, result

@@ -2,7 +2,9 @@
 
 Builds a wheel of the checkout (the extension in flowbook/labextension is built by
 ``make test``; the build hook skips a built one), installs it into a fresh prefix
-with no Node.js on PATH, and asks ``jupyter labextension list`` there.
+with no Node.js on PATH, and asks ``jupyter labextension list`` there. The sdist
+carries the extension's sources and its built output, so that a wheel is built from
+it on a machine without Node.js.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -21,19 +24,21 @@ BUILT = REPO / "flowbook" / "labextension" / "static" / "style.js"
 SHARE = "share/jupyter/labextensions/flowbook"
 
 
+def _built(out: Path, *command: str) -> Path:
+    """``python -m COMMAND OUT REPO``: the one flowbook archive it leaves in ``out``."""
+    result = subprocess.run(
+        [sys.executable, "-m", *command, str(out), str(REPO)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (found,) = out.glob("flowbook-*")
+    return found
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     if not BUILT.exists():
         pytest.skip("the extension is not built (make test builds it: jlpm build:prod)")
-    out = tmp_path_factory.mktemp("wheel")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (found,) = out.glob("flowbook-*.whl")
-    return found
+    return _built(tmp_path_factory.mktemp("wheel"), "pip", "wheel", "--no-deps", "-q", "-w")
 
 
 def test_the_wheel_holds_the_extension_as_shared_data(wheel):
@@ -80,3 +85,54 @@ def test_installed_without_node_the_extension_is_enabled(wheel, tmp_path):
     assert "flowbook v0.1.0 enabled OK (python, flowbook)" in lines, text
     assert str(prefix / "share" / "jupyter" / "labextensions") in text
     assert os.path.exists(prefix / SHARE / "static" / "style.js")
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory) -> Path:
+    if not BUILT.exists():
+        pytest.skip("the extension is not built (make test builds it: jlpm build:prod)")
+    return _built(tmp_path_factory.mktemp("sdist"), "build", "--sdist", "--outdir")
+
+
+def _members(sdist: Path) -> set[str]:
+    with tarfile.open(sdist) as archive:
+        return {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
+
+
+def test_the_sdist_holds_the_sources_and_the_built_extension(sdist):
+    members = _members(sdist)
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "flowbook/__init__.py",
+        "flowbook/datastore/s3direct.py",
+        "extension/package.json",
+        "extension/install.json",
+        "extension/src/index.ts",
+        "flowbook/labextension/package.json",
+        "flowbook/labextension/static/style.js",
+    ):
+        assert needed in members, needed
+    assert any(
+        re.fullmatch(r"flowbook/labextension/static/remoteEntry\.[0-9a-f]+\.js", n) for n in members
+    )
+    for left_out in ("extension/node_modules", "extension/lib", ".ci", "benchmarks", ".venv"):
+        assert not [n for n in members if n == left_out or n.startswith(left_out + "/")], left_out
+
+
+def test_a_wheel_builds_from_the_sdist_without_node(sdist, tmp_path):
+    bin_dir = Path(sys.executable).parent
+    assert not any((bin_dir / name).exists() for name in ("node", "nodejs"))
+    out = tmp_path / "wheel"
+    env = dict(os.environ, PATH=str(bin_dir))  # no node: jlpm cannot build, must not need to
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(sdist)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = out.glob("flowbook-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(n.endswith(f"/{SHARE}/static/style.js") for n in names), names[:20]
+    assert "flowbook/datastore/s3direct.py" in names

@@ -21,7 +21,7 @@ from ..parameters import flow_parameters
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
     import click
 
@@ -289,7 +289,7 @@ def deploy_parser(target: str) -> Any:
     import argparse
 
     class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
+        def error(self, message: str) -> NoReturn:
             raise FlowbookError(f"%flow deploy: {message}")
 
     parser = Parser(prog="%flow deploy", add_help=False)

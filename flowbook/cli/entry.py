@@ -25,7 +25,7 @@ from ..plain import Plain
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
 
 def show_flowbook_warnings() -> None:
@@ -64,7 +64,7 @@ def show_flowbook_warnings() -> None:
     warnings.showwarning = showwarning
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Print one error line (red on a terminal) and exit with status 1."""
     if sys.stderr.isatty():
         message = f"\x1b[31m{message}\x1b[0m"
@@ -241,7 +241,7 @@ def given_parameters(flow_name: str, settings: Mapping[str, Any]) -> dict[str, s
     return given
 
 
-def exit_process(code: int) -> None:
+def exit_process(code: int) -> NoReturn:
     """End a command-line process: flush, run ``atexit`` handlers, and skip the
     interpreter's teardown of every module (about 10 ms on a small machine, a sixth
     of a short run). Inside IPython (a notebook calling a flow's ``main``) the

@@ -124,8 +124,8 @@ def create(
     arn, version, created = api.put_state_machine(
         name,
         json.dumps(definition),
-        role,
-        f"code package {package.sha[:12]}",  # type: ignore[arg-type]
+        role,  # type: ignore[arg-type]
+        f"code package {package.sha[:12]}",
     )
     echo(
         f"State machine {name} {'created' if created else 'updated'} (flow {graph.name}, "
@@ -219,7 +219,9 @@ def add_sfn_commands(cli: click.Group, flow_cls: type, graph: FlowGraph) -> None
 
     create_command.name = "create"
 
-    params = [_parameter_option(p) for p in flow_parameters(flow_cls).values()]
+    params: list[click.Parameter] = [
+        _parameter_option(p) for p in flow_parameters(flow_cls).values()
+    ]
     keys = {_option_key(p.name): p.name for p in flow_parameters(flow_cls).values()}
 
     def trigger_callback(**values: Any) -> None:

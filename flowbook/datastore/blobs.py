@@ -393,6 +393,8 @@ class BlobStore:
         the bytes in the file, even if another thread of the step is still changing
         the value, so the file's identity can vouch for it (see ``load``)."""
         storage = self.storage
+        if TYPE_CHECKING:  # put() calls this for a local storage only
+            assert isinstance(storage, LocalStorage)
         hashers = hashing.PieceHashers()
         try:
             tmp = storage.write_temp("blobs/", chunks, hashers)

@@ -29,10 +29,13 @@ TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings h
 if TYPE_CHECKING:
     from typing import Any
 
-try:  # the C pickler that pickle.py wraps: pickle.py itself imports re, ~5 ms here
+if TYPE_CHECKING:  # (one name for the checker: the fallback is the same API)
     import _pickle as cpickle
-except ImportError:  # pragma: no cover - not CPython
-    import pickle as cpickle
+else:
+    try:  # the C pickler that pickle.py wraps: pickle.py itself imports re, ~5 ms here
+        import _pickle as cpickle
+    except ImportError:  # pragma: no cover - not CPython
+        import pickle as cpickle
 
 PROTOCOL = 5
 

@@ -35,9 +35,10 @@ from .storage import DIR_MODE, Storage, make_dirs, open_storage, replace_file
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from typing import Any, cast
 
-    from .schema import RunRecord, RunStatus, TaskRecord
+    from .schema import ArtifactEntry, NoRecord, RunRecord, RunStatus, TaskRecord
 
 
 def _from_base64(text: str) -> bytes:
@@ -50,7 +51,7 @@ def _from_base64(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
 
 
-def _dumps(record: dict) -> bytes:
+def _dumps(record: Mapping[str, Any]) -> bytes:
     return jsonio.dumps(record, default=str).encode()
 
 
@@ -256,6 +257,8 @@ class Datastore:
     def _claim_run(self, flow: str, run_id: str) -> bool:
         if self.storage.is_local:
             path = self.storage.local_path(self.run_path(flow, run_id))
+            if TYPE_CHECKING:  # a local storage's paths are local
+                assert path is not None
             make_dirs(os.path.dirname(path))  # never world-writable, whatever the umask
             try:
                 os.mkdir(path, DIR_MODE)
@@ -264,14 +267,14 @@ class Datastore:
             return True
         return not self.storage.exists(f"{self.run_path(flow, run_id)}/run.json")
 
-    def write_run(self, flow: str, run_id: str, record: dict) -> None:
+    def write_run(self, flow: str, run_id: str, record: Mapping[str, Any]) -> None:
         self.storage.write_bytes(f"{self.run_path(flow, run_id)}/run.json", _dumps(record))
 
     def read_run(self, flow: str, run_id: str) -> RunRecord | None:
         """The run's record, None when it has none; CorruptRecordError when unreadable."""
         return self._read_json(f"{self.run_path(flow, run_id)}/run.json", _run_shape_error)
 
-    def write_run_status(self, flow: str, run_id: str, record: dict) -> None:
+    def write_run_status(self, flow: str, run_id: str, record: Mapping[str, Any]) -> None:
         self.storage.write_bytes(f"{self.run_path(flow, run_id)}/status.json", _dumps(record))
 
     def read_run_status(self, flow: str, run_id: str) -> RunStatus | None:
@@ -322,7 +325,7 @@ class Datastore:
     # ---------------------------------------------------------------- step indexes
     def write_step_indexes(self, flow: str, run_id: str, records: list[TaskRecord]) -> None:
         """Gather the final records of a finished run's tasks, one object per step."""
-        by_step: dict[str, dict[str, dict]] = {}
+        by_step: dict[str, dict[str, TaskRecord]] = {}
         for record in records:
             by_step.setdefault(record["step"], {})[record["task_id"]] = record
         for step, tasks in by_step.items():
@@ -344,7 +347,13 @@ class Datastore:
 
     # ---------------------------------------------------------------- tasks
     def write_attempt_start(
-        self, flow: str, run_id: str, step: str, task_id: str, attempt: int, record: dict
+        self,
+        flow: str,
+        run_id: str,
+        step: str,
+        task_id: str,
+        attempt: int,
+        record: Mapping[str, Any],
     ) -> None:
         path = self.attempt_file(flow, run_id, step, task_id, attempt, "start.json")
         self.storage.write_bytes(path, _dumps(record))
@@ -356,7 +365,7 @@ class Datastore:
         step: str,
         task_id: str,
         attempt: int,
-        record: dict,
+        record: Mapping[str, Any],
         copy_to: str | None = None,
     ) -> None:
         """Write the attempt's final record; then, with ``copy_to`` (a local file
@@ -387,6 +396,8 @@ class Datastore:
             try:
                 record = jsonio.loads(data)
                 if isinstance(record, dict) and _attempt_shape_error(record) is None:
+                    if TYPE_CHECKING:  # of the shape just checked
+                        record = cast("TaskRecord", record)
                     return record
             except ValueError:
                 pass  # not sound: the datastore has the record
@@ -404,7 +415,7 @@ class Datastore:
 
     def latest_attempt(
         self, flow: str, run_id: str, step: str, task_id: str
-    ) -> tuple[int, TaskRecord]:
+    ) -> tuple[int, TaskRecord | NoRecord]:
         """The latest attempt number and its record (done, else start, else {}).
 
         CorruptRecordError when the record that exists cannot be read: a corrupt
@@ -416,13 +427,13 @@ class Datastore:
         kinds = attempts[number]
         for kind in ("done.json", "start.json"):
             if kind in kinds:
-                record = self._read_json(
+                record: TaskRecord | None = self._read_json(
                     self.attempt_file(flow, run_id, step, task_id, number, kind),
                     _attempt_shape_error,
                 )
                 if record is not None:
                     if kind == "start.json":
-                        record = dict(record, status="running")
+                        record = {**record, "status": "running"}
                     return number, record
         return number, {}
 
@@ -441,8 +452,8 @@ class Datastore:
         value: Any,
         name: str,
         inline: bool = True,
-        read_from: tuple[dict, MappedBlob | None] | None = None,
-    ) -> dict:
+        read_from: tuple[ArtifactEntry, MappedBlob | None] | None = None,
+    ) -> ArtifactEntry:
         """Store one artifact; its index entry (small values travel inline in it).
 
         ``read_from`` is the entry (and mapping) ``value`` was read from in this
@@ -454,7 +465,7 @@ class Datastore:
                 stored.file_id = previous.get("file_id")  # the same file: still the writer's
         else:
             stored = self.blobs.put(value, name, inline=inline)
-        entry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
+        entry: ArtifactEntry = {"sha": stored.sha, "type": type_name(value), "size": stored.size}
         if stored.inline is not None:
             entry["inline"] = binascii.b2a_base64(stored.inline, newline=False).decode("ascii")
         file_id = stored.file_id
@@ -462,16 +473,18 @@ class Datastore:
             entry["file_id"] = file_id
         return entry
 
-    def ensure_blob(self, entry: dict) -> None:
+    def ensure_blob(self, entry: ArtifactEntry) -> None:
         """Give an inline artifact its blob file too, so its hash alone finds it."""
         inline = entry.get("inline")
         if inline is not None and not self.storage.exists(self.blobs.path(entry["sha"])):
             self.storage.write_bytes(self.blobs.path(entry["sha"]), _from_base64(inline))
 
-    def load_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
+    def load_artifact(self, entry: ArtifactEntry, name: str, pathspec: str) -> Any:
         return self.read_artifact(entry, name, pathspec)[0]
 
-    def read_artifact(self, entry: dict, name: str, pathspec: str) -> tuple[Any, MappedBlob | None]:
+    def read_artifact(
+        self, entry: ArtifactEntry, name: str, pathspec: str
+    ) -> tuple[Any, MappedBlob | None]:
         """An artifact's value, and the mapping of its blob file when it was mapped."""
         what = f"Artifact '{name}' of task {pathspec}"
         inline = entry.get("inline")
@@ -489,8 +502,9 @@ class Datastore:
         local = self.storage.local_path(path) if self.storage.is_local else None
         return local or f"{self.url.rstrip('/')}/{path}"
 
-    def _read_json(self, path: str, shape_error: Any = None) -> dict | None:
-        """The JSON object stored at ``path``; None when there is none.
+    def _read_json(self, path: str, shape_error: Any = None) -> Any:
+        """The JSON object stored at ``path`` (a dict, of the shape ``shape_error``
+        checks: Any, so that each reader names its record's type); None when there is none.
 
         Anything else there (not UTF-8, not JSON, nested too deep, not an object, or
         of a shape ``shape_error(record)`` describes) raises CorruptRecordError, one

@@ -664,7 +664,7 @@ class DirectS3:
             connection.connect()  # within CONNECT_TIMEOUT; then READ_TIMEOUT per send
         connection.sock.settimeout(READ_TIMEOUT)
         if memoryview(body).nbytes > SEND_CHUNK:
-            body = _chunks(body)  # type: ignore[assignment]
+            body = _chunks(body)
         connection.request(method, path, body=body if body else None, headers=headers)
         reply = connection.getresponse()
         names = {name.lower(): value for name, value in reply.getheaders()}

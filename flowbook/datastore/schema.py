@@ -64,9 +64,12 @@ class Transition(TypedDict):
 
 
 class ExceptionInfo(TypedDict):
+    """What a failed attempt raised (a record of the scheduler's own, for a record it
+    cannot read, has no traceback)."""
+
     type: str
     message: str
-    traceback: str
+    traceback: NotRequired[str]
 
 
 class TaskRecord(TypedDict):
@@ -92,11 +95,18 @@ class TaskRecord(TypedDict):
     caught: NotRequired[bool]
     warm: NotRequired[list[str]]
     origin_pathspec: NotRequired[str]
+    origin_run_id: NotRequired[str]  # a task resume cloned: the run it was cloned from
+    cloned_at: NotRequired[float]
     reused_from: NotRequired[str]
     run_reason: NotRequired[str]
     code: NotRequired[dict]
     reads: NotRequired[list[list]]
     own: NotRequired[list[str]]
+
+
+class NoRecord(TypedDict):
+    """The empty record ``{}``: what ``Datastore.latest_attempt`` gives for a task with
+    no attempt yet (falsy, so ``if record:`` tells it from a TaskRecord)."""
 
 
 class ParentInfo(TypedDict):
@@ -125,6 +135,7 @@ class RunRecord(TypedDict):
     graph: dict
     origin_run_id: str | None
     parameters_task: NotRequired[str]
+    interactive: NotRequired[bool]  # a notebook session's run of step cells
 
 
 class RunStatus(TypedDict):

@@ -30,6 +30,8 @@ from ..exceptions import DatastoreError, FlowbookWarning
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    import builtins
+    from types import FrameType
     from typing import Any, BinaryIO
 
 
@@ -151,7 +153,7 @@ class Storage:
         """Names (not paths) directly under ``path``; empty when it does not exist."""
         raise NotImplementedError
 
-    def task_modules(self) -> list[str]:
+    def task_modules(self) -> builtins.list[str]:  # (list: the method above)
         """Modules a process that runs tasks imports to reach this storage (a Dask
         worker's task server imports them before it forks tasks)."""
         return []
@@ -312,7 +314,7 @@ def _caller_stacklevel() -> int:
     """The stacklevel of the first frame outside flowbook (so the warning names the
     user's line, not flowbook's)."""
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 1
     while frame is not None and frame.f_code.co_filename.startswith(package):
         frame = frame.f_back
@@ -320,7 +322,7 @@ def _caller_stacklevel() -> int:
     return level
 
 
-def _human_size(size: int) -> str:
+def _human_size(size: float) -> str:
     if size < 1024:
         return f"{size} bytes"
     for unit in ("KiB", "MiB", "GiB"):
@@ -624,7 +626,7 @@ def _s3_http_session() -> type | None:
         from aiobotocore.httpsession import AIOHTTPSession
     except ImportError:
         AIOHTTPSession = None  # noqa: N806
-    build = getattr(AIOHTTPSession, "_build_ssl_contexts", None)
+    build: Any = getattr(AIOHTTPSession, "_build_ssl_contexts", None)  # (aiobotocore: untyped)
     if AIOHTTPSession is None or build is None:
         _HTTP_SESSION_CLASS.append(None)
         return None

@@ -339,6 +339,8 @@ class _Compiler:
                 )
                 task["withParam"] = f"{{{{tasks.{name}.outputs.parameters.splits}}}}"
                 tasks.append(task)
+                if TYPE_CHECKING:  # a foreach has its join
+                    assert node.matching_join is not None
                 step = node.matching_join
                 in_args = {"foreach-outputs": f"{{{{tasks.{fan}.outputs.parameters}}}}"}
                 deps = [fan]
@@ -349,10 +351,12 @@ class _Compiler:
                     )
                     for b in node.out_funcs
                 ]
-                paths = [
+                paths = [  # type: ignore[misc]  # (each branch arrives: walk gives no None)
                     f"{RUN_ID}/{s}/{{{{tasks.{t}.outputs.parameters.task-id}}}}"
-                    for t, s in arrivals  # type: ignore[misc]
+                    for t, s in arrivals
                 ]
+                if TYPE_CHECKING:  # a split has its join
+                    assert node.matching_join is not None
                 step = node.matching_join
                 in_args = {"input-paths": ",".join(paths)}
                 deps = [t for t, _ in arrivals]  # type: ignore[misc]

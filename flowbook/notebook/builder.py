@@ -15,7 +15,7 @@ import linecache
 import os
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..exceptions import FlowbookError
 from ..flowspec import FlowSpec, step
@@ -23,6 +23,9 @@ from ..graph import FlowGraph, StepNode, _read_transitions
 from ..parameters import Parameter
 from ..runtime.fingerprint import Statement
 from .cells import NotebookSource, StepCell, strip_ipython_lines
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def step_filename(name: str) -> str:
@@ -62,7 +65,7 @@ def body_declares_transition(cell: StepCell, flow_name: str) -> bool:
 def step_node(cell: StepCell, flow_name: str) -> tuple[StepNode, ast.Module]:
     """The graph node of a step cell, and the syntax tree of its method."""
     tree = _function_tree(cell, flow_name)
-    func_def = tree.body[0]
+    func_def = cast(ast.FunctionDef, tree.body[0])  # the text parsed is one def
     in_body, foreach = _read_transitions(flow_name, cell.name, func_def, 1)
     declared = (list(cell.next), cell.foreach)
     if in_body and cell.next and (in_body, foreach) != declared:
@@ -97,7 +100,7 @@ def step_node(cell: StepCell, flow_name: str) -> tuple[StepNode, ast.Module]:
     return node, tree
 
 
-def compile_step(cell: StepCell, tree: ast.Module, globals_dict: dict) -> types.FunctionType:
+def compile_step(cell: StepCell, tree: ast.Module, globals_dict: dict) -> Callable[..., Any]:
     filename = step_filename(cell.name)
     # Indented as compiled, so that the column markers of tracebacks line up.
     prefix = "\n" if cell.first_line == 2 else ""
@@ -134,13 +137,13 @@ def build_flow(
     for node in nodes:  # steps named in --next whose cells have not run yet
         for target in node.out_funcs:
             attrs.setdefault(target, _missing_step(target))
-    flow_cls = type(source.flow_name, (FlowSpec,), attrs)
+    flow_cls: Any = type(source.flow_name, (FlowSpec,), attrs)  # (it gains attributes)
     flow_cls._flowbook_graph = graph
     flow_cls._flowbook_code = NotebookCode(source)  # what reuse fingerprints
     return flow_cls, graph
 
 
-def _missing_step(name: str) -> types.FunctionType:
+def _missing_step(name: str) -> Callable[..., None]:
     def missing(self: Any, *args: Any) -> None:
         raise FlowbookError(f"Step '{name}' has no cell yet.")
 
@@ -172,6 +175,8 @@ def setup_module(source: NotebookSource) -> types.ModuleType:
 
 def global_names_used(tree: ast.AST) -> set[str]:
     """Names a step body reads that are neither local, nor builtins, nor self/inputs."""
+    assigned: set[str]
+    loaded: set[str]
     assigned, loaded = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):

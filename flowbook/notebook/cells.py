@@ -21,7 +21,7 @@ import ast
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from ..decorators import DecoratorSpec, parse_decospec
 from ..exceptions import FlowbookError
@@ -118,7 +118,7 @@ class NotebookSource:
 
 # ---------------------------------------------------------------------- magic lines
 class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # raise instead of exiting the kernel
+    def error(self, message: str) -> NoReturn:  # raise instead of exiting the kernel
         raise FlowbookError(f"{self.prog}: {message}")
 
 
@@ -184,8 +184,9 @@ def parse_parameters(source: str, where: str = "") -> ParametersCell:
         raise FlowbookError(f"The parameters cell ({where}) is not valid Python: {exc}") from None
     values: dict[str, Any] = {}
     for node in tree.body:
+        value_node: ast.expr | None
         if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
-            targets = [t.id for t in node.targets]
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]  # (all are)
             value_node = node.value
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             targets = [node.target.id]
@@ -197,7 +198,7 @@ def parse_parameters(source: str, where: str = "") -> ParametersCell:
         except ValueError:
             raise FlowbookError(
                 f"The parameters cell ({where}): the value of '{targets[0]}' must be a "
-                f"literal (a number, string, bool, list or dict), not {ast.unparse(value_node)!r}."
+                f"literal (a number, string, bool, list or dict), not {ast.unparse(cast(ast.expr, value_node))!r}."
             ) from None
         for target in targets:
             values[target] = value
@@ -243,11 +244,11 @@ def _tag_values(tags: list[str]) -> dict[str, str | None]:
 
 def step_from_tags(values: dict[str, str | None], source: str, where: str) -> StepCell:
     words = [values["step"] or ""]
-    if values.get("next"):
-        words += ["--next", *[n.strip() for n in values["next"].split(",") if n.strip()]]
+    if nexts := values.get("next"):
+        words += ["--next", *[n.strip() for n in nexts.split(",") if n.strip()]]
     for key in ("foreach", "retry", "catch", "timeout", "resources"):
-        if values.get(key):
-            words += [f"--{key}", values[key]]
+        if value := values.get(key):
+            words += [f"--{key}", value]
     if "join" in values:
         words.append("--join")
     if "no-reuse" in values:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
@@ -22,6 +22,9 @@ from .cells import StepCell, _ArgumentParser, _tag_values, parse_step_line, step
 from .console import NotebookConsole
 from .results import FlowResults
 from .session import NotebookSession
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 FLOW_HELP = """\
 %flow run [--name value ...] [--max-workers N] [--max-num-splits N] [--tag T ...] [--quiet]
@@ -41,6 +44,8 @@ FLOW_HELP = """\
 
 @magics_class
 class FlowbookMagics(Magics):
+    shell: InteractiveShell  # (Magics allows None; these are always made with a shell)
+
     def __init__(self, shell: Any, session: NotebookSession) -> None:
         super().__init__(shell)
         self.session = session
@@ -82,10 +87,11 @@ class FlowbookMagics(Magics):
         where = f"In[{self.shell.execution_count}]"
         if kind == "refuse":
             raise FlowbookError(REFUSAL.format(where=where))
+        # IPython types @cell_magic's result as "the method, or a decorator of one"
         if kind == "setup":
-            return self.setup("", code)
+            return self.setup("", code)  # type: ignore[misc, call-arg, return-value]
         if kind == "parameters":
-            return self.parameters("", code)
+            return self.parameters("", code)  # type: ignore[misc, call-arg, return-value]
         values = _tag_values(tags)
         if not values.get("step"):
             raise FlowbookError(f"{where}: the tag flowbook:step needs =NAME.")
@@ -258,6 +264,7 @@ class FlowbookMagics(Magics):
             return None
         if rest == ["last"]:
             rest = []
+        run: Run | None
         if rest:
             pathspec = rest[0] if "/" in rest[0] else f"{self.session.flow_name}/{rest[0]}"
             run = Run(pathspec, datastore=datastore, namespace=None)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..exceptions import MissingArtifactError
+
+if TYPE_CHECKING:
+    from ..datastore.schema import TaskRecord
+    from .session import NotebookSession
 
 
 class StepResults:
     """The latest results of one step; a foreach body gives one value per split."""
+
+    _session: NotebookSession
+    _step: str
+    _cache: dict
 
     def __init__(self, session: Any, step: str) -> None:
         object.__setattr__(self, "_session", session)
@@ -16,7 +24,7 @@ class StepResults:
         object.__setattr__(self, "_cache", {})
 
     @property
-    def _records(self) -> list[dict]:
+    def _records(self) -> list[TaskRecord]:
         return self._session.latest.get(self._step, [])
 
     @property
@@ -85,6 +93,8 @@ class StepResults:
 
 class FlowResults:
     """``flow.<step>`` for every step that has run in this kernel."""
+
+    _session: NotebookSession  # (set in __init__; not a step, as __getattr__ would say)
 
     def __init__(self, session: Any) -> None:
         object.__setattr__(self, "_session", session)

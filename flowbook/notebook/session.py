@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 from ..datastore import Datastore
 from ..decorators import step_settings
@@ -28,6 +29,9 @@ from .builder import build_flow, global_names_used, names_defined, step_node
 from .cells import NotebookSource, StepCell, flow_name_from_path, parse_parameters
 from .console import NotebookConsole
 
+if TYPE_CHECKING:
+    from ..datastore.schema import ArtifactEntry, ParentInfo, TaskRecord
+
 
 class NotebookSession:
     def __init__(self, shell: Any) -> None:
@@ -36,7 +40,7 @@ class NotebookSession:
         self.setup: dict[str, str] = {}
         self.parameter_names: dict[str, Any] = {}
         self.steps: dict[str, StepCell] = {}
-        self.latest: dict[str, list[dict]] = {}
+        self.latest: dict[str, list[TaskRecord]] = {}
         self.stale: set[str] = set()
         #: pathspec -> what the task made (artifact names and SHAs), for staleness
         self._made: dict[str, frozenset] = {}
@@ -89,7 +93,7 @@ class NotebookSession:
     # ------------------------------------------------------------ registration
     def _cell_key(self) -> str:
         try:
-            parent = self.shell.kernel.get_parent()  # type: ignore[attr-defined]
+            parent = self.shell.kernel.get_parent()
             cell_id = (parent.get("metadata") or {}).get("cellId")
         except Exception:
             cell_id = None
@@ -197,7 +201,7 @@ class NotebookSession:
         return None
 
     # ------------------------------------------------------------ running one step
-    def run_step(self, cell: StepCell, console: NotebookConsole) -> list[dict]:
+    def run_step(self, cell: StepCell, console: NotebookConsole) -> list[TaskRecord]:
         """Register ``cell`` and run its task(s); returns their records."""
         _, tree = step_node(cell, self.flow_name)  # refuse a broken cell before replacing
         where = f"Flow {self.flow_name}, step '{cell.name}' ({cell.where or 'its cell'})"
@@ -232,6 +236,11 @@ class NotebookSession:
         except Exception as exc:  # reuse only saves time: the cell still runs
             code, reuse_plan = {}, None
             console.error(f"Reuse is off for this cell: {type(exc).__name__}: {exc}")
+
+        def on_event(kind: str, info: dict) -> None:
+            console.event(kind, info)
+            self._notify(kind, info)
+
         scheduler = Scheduler(
             graph,
             self.datastore,
@@ -243,7 +252,7 @@ class NotebookSession:
             max_num_splits=10_000,
             user=current_user(),
             only_steps={cell.name},
-            on_event=lambda kind, info: (console.event(kind, info), self._notify(kind, info)),
+            on_event=on_event,
             code=code,
             reuse_plan=reuse_plan if self.reuse_cells else None,
             say_first_runs=False,
@@ -309,7 +318,9 @@ class NotebookSession:
                 continue
             parents = [parent_info(self.flow_name, r) for r in parent_records]
             lists = {
-                r["next"].get("sha") for r in parent_records if (r.get("next") or {}).get("sha")
+                r["next"].get("sha")
+                for r in parent_records
+                if cast("Mapping[str, Any]", r.get("next") or {}).get("sha")
             }
             for record in self.latest[name]:
                 frames = record.get("foreach_stack") or []
@@ -330,7 +341,7 @@ class NotebookSession:
                         found[after] = f"step '{name}' before it is stale"
         return found
 
-    def _parent_records(self, graph: FlowGraph, step: str) -> list[dict]:
+    def _parent_records(self, graph: FlowGraph, step: str) -> list[TaskRecord]:
         if step == "start":
             return []
         parents = graph[step].in_funcs
@@ -339,7 +350,7 @@ class NotebookSession:
                 f"Flow {self.flow_name}: no step goes to '{step}' yet (no registered step "
                 f"calls self.next(self.{step})); run the cell of its parent step first."
             )
-        records = []
+        records: list[TaskRecord] = []
         for parent in parents:
             if parent not in self.latest:
                 raise FlowbookError(
@@ -379,7 +390,7 @@ class NotebookSession:
             )
         return self.run_id
 
-    def _parameter_index(self) -> dict[str, dict]:
+    def _parameter_index(self) -> dict[str, ArtifactEntry]:
         values = {name: self._parameter_value(name) for name in self.parameter_names}
         return store_parameters(self.datastore, values)
 
@@ -464,16 +475,16 @@ def _downstream(graph: FlowGraph, step: str) -> set[str]:
     return found
 
 
-def _pathspec(flow: str, record: dict) -> str:
+def _pathspec(flow: str, record: TaskRecord) -> str:
     return f"{flow}/{record['run_id']}/{record['step']}/{record['task_id']}"
 
 
-def _signature(record: dict) -> frozenset:
+def _signature(record: TaskRecord) -> frozenset:
     """What a task made, by content: its artifacts' names and SHAs."""
     return frozenset((name, entry["sha"]) for name, entry in record.get("artifacts", {}).items())
 
 
-def _parents_of(record: dict, parents: list[dict]) -> list[dict]:
+def _parents_of(record: TaskRecord, parents: list[ParentInfo]) -> list[ParentInfo]:
     """The parent infos among ``parents`` that a task's record names, in its order."""
     by_pathspec = {p["pathspec"]: p for p in parents}
     named = [by_pathspec[p] for p in record.get("parents", []) if p in by_pathspec]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..datastore.blobs import MappedBlob
+    from ..datastore.schema import ArtifactEntry, ForeachFrame, ParentInfo
 
 _NOT_LIST_LIKE = (str, bytes, bytearray, dict, set, frozenset)
 
@@ -37,8 +38,8 @@ def names_text(artifacts: dict) -> str:
 
 
 def inherited_artifacts(
-    step: str, parameters: dict[str, dict], parents: list[dict], is_join: bool
-) -> tuple[dict[str, dict], dict[str, str]]:
+    step: str, parameters: dict[str, ArtifactEntry], parents: list[ParentInfo], is_join: bool
+) -> tuple[dict[str, ArtifactEntry], dict[str, str]]:
     """What a task starts with besides its parameters: the artifacts it inherits (one
     parent's index, minus the parameters; a join inherits nothing) and the names
     dropped by a join on the way (name -> the join's step), as ``(inherited, dropped)``.
@@ -66,7 +67,7 @@ class TaskContext:
         self.step_name = spec.step
         self.pathspec = spec.pathspec
         self.is_join = is_join
-        self.parameters: dict[str, dict] = dict(spec.parameters)
+        self.parameters: dict[str, ArtifactEntry] = dict(spec.parameters)
         self._parameter_values: dict[str, Any] = {}
         self.inherited, self.dropped = inherited_artifacts(
             spec.step, self.parameters, spec.parents, is_join
@@ -80,7 +81,7 @@ class TaskContext:
         self.merged: set[str] = set()
         # id(value) -> (value, index entry, mapping) for every artifact value read
         # from a parent: an unchanged one is not stored again (collect_artifacts)
-        self._read: dict[int, tuple[Any, dict, MappedBlob | None]] = {}
+        self._read: dict[int, tuple[Any, ArtifactEntry, MappedBlob | None]] = {}
         self.transition: tuple[list[str], str | None] | None = None
         self._foreach_values: dict[str, Any] = {}
 
@@ -97,7 +98,7 @@ class TaskContext:
         obj.__dict__[name] = value
         return value
 
-    def _read_artifact(self, entry: dict, name: str, pathspec: str) -> Any:
+    def _read_artifact(self, entry: ArtifactEntry, name: str, pathspec: str) -> Any:
         value, mapped = self.datastore.read_artifact(entry, name, pathspec)
         self._read[id(value)] = (value, entry, mapped)
         return value
@@ -130,7 +131,7 @@ class TaskContext:
             )
         return self._parameter_values[attribute_name]
 
-    def load_input_artifact(self, parent: dict, name: str) -> Any:
+    def load_input_artifact(self, parent: ParentInfo, name: str) -> Any:
         entry = parent["artifacts"].get(name)
         source: str | int = self._input_position.get(parent["pathspec"], -1)
         if entry is None and name in self.parameters:
@@ -154,14 +155,14 @@ class TaskContext:
         self.transition = (names, foreach)
 
     # ------------------------------------------------------------ foreach
-    def _foreach_frames(self) -> list[dict]:
+    def _foreach_frames(self) -> list[ForeachFrame]:
         return [f for f in self.spec.split_stack if f["kind"] == "foreach"]
 
     def foreach_index(self) -> int | None:
         frames = self._foreach_frames()
         return frames[-1]["index"] if frames else None
 
-    def _foreach_value(self, frame: dict) -> Any:
+    def _foreach_value(self, frame: ForeachFrame) -> Any:
         key = frame["sha"]
         if key not in self._foreach_values:
             self._foreach_values[key] = self.datastore.blobs.get(
@@ -199,7 +200,7 @@ class TaskContext:
                 f"{self._where()}: merge_artifacts() got the same names in include and "
                 f"exclude: {', '.join(sorted(exclude & include_set))}."
             )
-        candidates: dict[str, list[tuple[str, dict]]] = {}
+        candidates: dict[str, list[tuple[str, ArtifactEntry]]] = {}
         for view in inputs:
             parent = view._parent
             position = self._input_position.get(parent["pathspec"], -1)
@@ -235,7 +236,7 @@ class TaskContext:
             )
 
     # ------------------------------------------------------------ persisting
-    def collect_artifacts(self, obj: Any, as_blob: str | None = None) -> dict[str, dict]:
+    def collect_artifacts(self, obj: Any, as_blob: str | None = None) -> dict[str, ArtifactEntry]:
         """Store new and changed artifacts; return the task's artifact index.
 
         Small values travel inline in the index, except ``as_blob`` (a foreach's

@@ -481,7 +481,7 @@ class DaskExecutor(TaskExecutor):
             self.close()
             raise
         info = self.client.scheduler_info()
-        self.worker_resources = set()
+        self.worker_resources: set[str] = set()
         for worker in info.get("workers", {}).values():
             self.worker_resources.update((worker.get("resources") or {}).keys())
         dashboard = self.client.dashboard_link
@@ -604,7 +604,9 @@ class DaskExecutor(TaskExecutor):
                 signal_on_worker,
                 submission.token,
                 signal_number,
-                workers=[submission.worker],
+                # every worker when it is not known which runs it: the others have no
+                # such token and do nothing
+                workers=[submission.worker] if submission.worker else None,
                 wait=False,
             )
         except Exception:  # the worker is gone: its lost event ends the task

@@ -272,7 +272,7 @@ def imports_in(tree: Any) -> list[tuple[str, int]]:
     b`` gives ``a`` and ``a.b`` (``b`` may be a submodule)."""
     import ast
 
-    found = []
+    found: list[tuple[str, int]] = []
     for sub in ast.walk(tree):
         if isinstance(sub, ast.Import):
             found.extend((alias.name, 0) for alias in sub.names)

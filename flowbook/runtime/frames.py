@@ -25,6 +25,9 @@ from ..exceptions import FlowbookError
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
     from ..datastore.schema import ForeachFrame, Frame, ParentInfo, SplitFrame, TaskRecord
     from ..graph import FlowGraph, StepNode
 
@@ -51,7 +54,7 @@ def parent_info(flow: str, record: TaskRecord) -> ParentInfo:
 
 def foreach_frame(node: StepNode, record: TaskRecord, index: int) -> ForeachFrame:
     """The frame a foreach step's finished task ``record`` pushes for split ``index``."""
-    transition = record.get("next") or {}
+    transition: Mapping[str, Any] = record.get("next") or {}
     return {
         "kind": "foreach",
         "step": node.name,
@@ -84,7 +87,8 @@ def successors(node: StepNode, record: TaskRecord) -> list[tuple[str, list[Frame
         return []
     stack = list(record.get("split_stack", []))
     if node.foreach is not None:
-        count = (record.get("next") or {})["num_splits"]
+        transition: Mapping[str, Any] = record.get("next") or {}
+        count = transition["num_splits"]
         return [(node.out_funcs[0], stack + [foreach_frame(node, record, i)]) for i in range(count)]
     if len(node.out_funcs) > 1:
         return [(b, stack + [split_frame(node, record, b)]) for b in node.out_funcs]
@@ -142,7 +146,8 @@ def task_frames(
                 f"the inputs of '{step}' are tasks of {_either(node.in_funcs)}."
             )
         if parent.foreach is not None:
-            count = (record.get("next") or {}).get("num_splits")
+            transition: Mapping[str, Any] = record.get("next") or {}
+            count = transition.get("num_splits")
             if not isinstance(count, int):
                 raise FramesError(f"{where}: input {shown} has no foreach split count.")
             if node.is_join and split_index is None:

@@ -21,7 +21,10 @@ from .task import execute_task
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
+
+    from ..datastore.schema import ArtifactEntry
 
 
 class RunOutcome(Plain):
@@ -38,9 +41,9 @@ class RunOutcome(Plain):
         return f"{self.flow_name}/{self.run_id}"
 
 
-def store_parameters(datastore: Datastore, values: dict[str, Any]) -> dict[str, dict]:
+def store_parameters(datastore: Datastore, values: dict[str, Any]) -> dict[str, ArtifactEntry]:
     """Each parameter value as an artifact blob; returns the parameters' artifact index."""
-    index = {}
+    index: dict[str, ArtifactEntry] = {}
     for name, value in values.items():
         index[name] = datastore.store_artifact(value, name)
     return index
@@ -64,10 +67,10 @@ def start_task_server(flow_cls: type, graph: FlowGraph) -> TaskServerClient:
 
 def resume_parameters(
     datastore: Datastore, flow: str, origin_run_id: str, given: dict[str, Any]
-) -> dict[str, dict]:
+) -> dict[str, ArtifactEntry]:
     """The origin run's parameter index; a different value given now is refused."""
-    record = datastore.read_run(flow, origin_run_id) or {}
-    index = record.get("parameters", {})
+    record: Mapping[str, Any] = datastore.read_run(flow, origin_run_id) or {}
+    index: dict[str, ArtifactEntry] = record.get("parameters", {})
     for name, value in given.items():
         entry = index.get(name)
         old = datastore.load_artifact(entry, name, f"{flow}/{origin_run_id}") if entry else None

@@ -44,7 +44,9 @@ from .spec import TaskSpec
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
-    from typing import Any
+    from typing import Any, cast
+
+    from ..datastore.schema import ArtifactEntry, Frame, RunRecord, TaskRecord
 
 #: The step of a run's parameters task (Metaflow's name).
 PARAMETERS_STEP = "_parameters"
@@ -120,7 +122,7 @@ def parse_input_paths(text: str) -> list[tuple[str, str, str]]:
 # ---------------------------------------------------------------------- records
 def latest_successful(
     datastore: Datastore, flow: str, run_id: str, step: str, task_id: str
-) -> dict | None:
+) -> TaskRecord | None:
     """The record of the task's latest successful attempt, or None. The record's
     run, step, task and attempt are where it was found (not what it says)."""
     attempts = datastore.task_attempts(flow, run_id, step, task_id)
@@ -129,15 +131,15 @@ def latest_successful(
             continue
         record = datastore.read_attempt_done(flow, run_id, step, task_id, number)
         if record is not None and record.get("status") == "successful":
-            return dict(record, run_id=run_id, step=step, task_id=task_id, attempt=number)
+            return {**record, "run_id": run_id, "step": step, "task_id": task_id, "attempt": number}
     return None
 
 
-def final_task_records(datastore: Datastore, flow: str, run_id: str) -> list[dict]:
+def final_task_records(datastore: Datastore, flow: str, run_id: str) -> list[TaskRecord]:
     """The final record of every task of a run: its latest successful attempt, else
     its latest finished one (a task with no finished attempt is left out). What the
     step indexes of a finished run hold (``Datastore.write_step_indexes``)."""
-    records = []
+    records: list[TaskRecord] = []
     for step in datastore.list_steps(flow, run_id):
         for task_id in datastore.list_tasks(flow, run_id, step):
             try:
@@ -149,9 +151,13 @@ def final_task_records(datastore: Datastore, flow: str, run_id: str) -> list[dic
                         number = max(done)
                         found = datastore.read_attempt_done(flow, run_id, step, task_id, number)
                         if found is not None:
-                            record = dict(
-                                found, run_id=run_id, step=step, task_id=task_id, attempt=number
-                            )
+                            record = {
+                                **found,
+                                "run_id": run_id,
+                                "step": step,
+                                "task_id": task_id,
+                                "attempt": number,
+                            }
             except CorruptRecordError:
                 continue  # left to the task's own records (readers name it)
             if record is not None:
@@ -159,7 +165,7 @@ def final_task_records(datastore: Datastore, flow: str, run_id: str) -> list[dic
     return records
 
 
-def _status(datastore: Datastore, flow: str, run_id: str) -> dict | None:
+def _status(datastore: Datastore, flow: str, run_id: str) -> Mapping[str, Any] | None:
     try:
         return datastore.read_run_status(flow, run_id)
     except CorruptRecordError:
@@ -231,7 +237,9 @@ def init_run(
     parameters = flow_parameters(flow_cls)
     explicit = _explicit_values(flow, parameters, dict(given or {}), environ)
     run = datastore.read_run(flow, run_id)
-    task = latest_successful(datastore, flow, run_id, PARAMETERS_STEP, task_id)
+    task: Mapping[str, Any] | None = latest_successful(
+        datastore, flow, run_id, PARAMETERS_STEP, task_id
+    )
     stored = run["parameters"] if run is not None else (task or {}).get("artifacts")
     pathspec = f"{run_id}/{PARAMETERS_STEP}/{task_id}"
     if stored is not None:
@@ -247,7 +255,7 @@ def init_run(
     if task is None:
         attempts = datastore.task_attempts(flow, run_id, PARAMETERS_STEP, task_id)
         attempt = max(attempts) + 1 if attempts else 0
-        record = {
+        record: TaskRecord = {
             "flow": flow,
             "run_id": run_id,
             "step": PARAMETERS_STEP,
@@ -336,7 +344,7 @@ def _check_same(
     flow: str,
     run_id: str,
     parameters: Mapping[str, Any],
-    stored: dict[str, dict],
+    stored: dict[str, ArtifactEntry],
     explicit: dict[str, Any],
 ) -> None:
     for attr, value in explicit.items():
@@ -354,7 +362,9 @@ def _check_same(
 class _Task:
     """What one ``step`` invocation works on (values checked, records read)."""
 
-    def __init__(self, datastore: Datastore, graph: FlowGraph, run: dict, spec: TaskSpec) -> None:
+    def __init__(
+        self, datastore: Datastore, graph: FlowGraph, run: RunRecord, spec: TaskSpec
+    ) -> None:
         self.datastore = datastore
         self.graph = graph
         self.run = run
@@ -459,6 +469,8 @@ def run_step(
     _set_log_paths(datastore, spec)
     code, record, reason = _attempt(task, flow_cls, settings["timeout"])
     if code == 0:
+        if TYPE_CHECKING:  # a successful attempt has its own record
+            record = cast("TaskRecord", record)
         return _succeeded(task, record, output_dir, max_num_splits, quiet)
     _say(f"[{task.short}] Task failed: {reason}", error=True)
     if task.stopped:
@@ -472,7 +484,8 @@ def run_step(
         )
         return code if code > 0 else 1
     if settings["catch"] is not None:
-        exception = dict((record or {}).get("exception") or {})
+        # a copy of the attempt's ExceptionInfo ({} when it has none: then TaskKilled's)
+        exception: Any = dict((record or {}).get("exception") or {})
         if not exception:
             exception = {"type": "TaskKilled", "message": reason, "traceback": ""}
         _say(f"[{task.short}] @catch: the flow continues; the exception is stored.", error=True)
@@ -481,6 +494,8 @@ def run_step(
         _set_log_paths(datastore, spec)
         code, record, reason = _attempt(task, flow_cls, None)
         if code == 0:
+            if TYPE_CHECKING:  # a successful attempt has its own record
+                record = cast("TaskRecord", record)
             return _succeeded(task, record, output_dir, max_num_splits, quiet)
         _say(f"[{task.short}] Task failed: {reason}", error=True)
     _fail_run(task, f"step '{step}' (task {task.short}): {reason}")
@@ -494,7 +509,7 @@ def _parents(
     run_id: str,
     paths: list[tuple[str, str, str]],
     split_index: int | None,
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[list[TaskRecord], list[Frame]]:
     """The parents' final records (in input order) and the task's split stack."""
     flow = graph.name
     where = f"Flow {flow}, step '{step}'"
@@ -513,7 +528,7 @@ def _parents(
             )
         if split_index is not None:
             raise FramesError(f"{where}: --split-index is only for a task inside a foreach.")
-    records = []
+    records: list[TaskRecord] = []
     for path_run, path_step, path_task in paths:
         if path_step == PARAMETERS_STEP and step != "start":
             raise FramesError(
@@ -534,7 +549,7 @@ def _parents(
     return task_frames(graph, step, records, split_index)
 
 
-def _identity(stack: list[dict]) -> list:
+def _identity(stack: list[Frame]) -> list:
     return [
         (
             f.get("step"),
@@ -545,7 +560,7 @@ def _identity(stack: list[dict]) -> list:
     ]
 
 
-def _check_same_task(task: _Task, done: dict) -> None:
+def _check_same_task(task: _Task, done: TaskRecord) -> None:
     """A task id reused for another task (other parents or another split) is refused."""
     spec = task.spec
     parents = [p["pathspec"] for p in spec.parents]
@@ -580,11 +595,12 @@ def _set_log_paths(datastore: Datastore, spec: TaskSpec) -> None:
 
 
 def _succeeded(
-    task: _Task, record: dict, output_dir: str | None, max_num_splits: int, quiet: bool
+    task: _Task, record: TaskRecord, output_dir: str | None, max_num_splits: int, quiet: bool
 ) -> int:
     node = task.node
     if node.foreach is not None:
-        count = (record.get("next") or {}).get("num_splits", 0)
+        transition: Mapping[str, Any] = record.get("next") or {}
+        count = transition.get("num_splits", 0)
         problem = None
         if count > max_num_splits:
             problem = (
@@ -595,7 +611,7 @@ def _succeeded(
         elif count == 0:
             problem = (
                 f"foreach step '{node.name}' has nothing to split: "
-                f"'{(record.get('next') or {}).get('foreach')}' is empty"
+                f"'{transition.get('foreach')}' is empty"
             )
         if problem:
             _fail_run(task, problem)
@@ -609,7 +625,7 @@ def _succeeded(
     return 0
 
 
-def write_outputs(output_dir: str, task_id: str, foreach_record: dict | None = None) -> None:
+def write_outputs(output_dir: str, task_id: str, foreach_record: TaskRecord | None = None) -> None:
     """Write ``task_id`` (and for a foreach task, ``splits`` and ``split_cardinality``)
     into ``output_dir``, each file atomically."""
     os.makedirs(output_dir, exist_ok=True)
@@ -656,7 +672,9 @@ def mark_failed(
 
 
 # ---------------------------------------------------------------------- the attempt
-def _attempt(task: _Task, flow_cls: type, timeout: float | None) -> tuple[int, dict | None, str]:
+def _attempt(
+    task: _Task, flow_cls: type, timeout: float | None
+) -> tuple[int, Mapping[str, Any] | None, str]:
     """Run the attempt in a forked child, copying its log files to this process's
     stdout and stderr; return (exit code, its record, why it failed)."""
     from .task import EXIT_CANNOT_RECORD, execute_task
@@ -702,6 +720,8 @@ def _attempt(task: _Task, flow_cls: type, timeout: float | None) -> tuple[int, d
         for number, handler in previous.items():
             signals.signal(number, handler)
         os.close(lifeline_w)
+    # the attempt's record; when it is corrupt, a stand-in (status, exception)
+    record: Mapping[str, Any] | None
     try:
         record = task.datastore.read_attempt_done(
             spec.flow_name, spec.run_id, spec.step, spec.task_id, spec.attempt
@@ -722,7 +742,7 @@ def _attempt(task: _Task, flow_cls: type, timeout: float | None) -> tuple[int, d
         except OSError:
             pass
     if code == 0 and record is not None and record.get("status") == "successful":
-        return 0, dict(record, attempt=spec.attempt), ""
+        return 0, {**record, "attempt": spec.attempt}, ""
     if stopped:
         return 128 + stopped[0], record, f"stopped by signal {stopped[0]} from outside"
     if timed_out:
@@ -730,8 +750,8 @@ def _attempt(task: _Task, flow_cls: type, timeout: float | None) -> tuple[int, d
     elif code < 0:
         reason = f"killed by signal {-code}"
     elif record and record.get("exception"):
-        exc = record["exception"]
-        reason = f"{exc['type']}: {exc['message']}"
+        error = record["exception"]
+        reason = f"{error['type']}: {error['message']}"
     elif code == EXIT_CANNOT_RECORD:
         problem = task.datastore.storage.space_problem()
         reason = "could not record its result in the datastore" + (

@@ -31,6 +31,8 @@ from ..names import check
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from typing import cast
+
     from ..datastore.schema import Frame, ParentInfo, TaskRecord
 
 
@@ -116,13 +118,13 @@ class ResumePlan:
                         )
                         continue
                     # where the record was found, not what it says, names its files
-                    self.successful[key] = dict(
-                        record,
-                        attempt=attempt,
-                        run_id=origin_run_id,
-                        step=step_name,
-                        task_id=task_id,
-                    )
+                    self.successful[key] = {
+                        **record,
+                        "attempt": attempt,
+                        "run_id": origin_run_id,
+                        "step": step_name,
+                        "task_id": task_id,
+                    }
 
     def _final_records(self, step: str) -> list[tuple[str, int, TaskRecord]]:
         """(task id, attempt, record) of each task of a step of the origin run."""
@@ -147,7 +149,7 @@ class ResumePlan:
         task_id: str,
         split_stack: list[Frame],
         parents: list[ParentInfo],
-    ) -> dict:
+    ) -> TaskRecord:
         """Write the clone's record into the new run and return it."""
         return write_clone(
             self.datastore,
@@ -197,7 +199,7 @@ def write_clone(
     split_stack: list[Frame],
     parents: list[ParentInfo],
     **fields: object,
-) -> dict:
+) -> TaskRecord:
     """Record ``origin`` (a successful task of an earlier run) as task ``task_id`` of
     ``run_id``: its record with this run's ids, parents and frames (plus ``fields``),
     and its logs. Its artifact index points at the same blobs: no data is copied."""
@@ -226,4 +228,6 @@ def write_clone(
                 datastore.attempt_file(flow, run_id, step, task_id, 0, kind), text.encode()
             )
     datastore.write_attempt_done(flow, run_id, step, task_id, 0, record)
+    if TYPE_CHECKING:  # origin's record with the fields above: a TaskRecord still
+        return cast("TaskRecord", record)
     return record

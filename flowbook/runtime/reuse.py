@@ -187,8 +187,8 @@ class ReusePlan:
             return self._support_change(then, code)
         if then.get("helpers") != code.get("helpers"):
             old, new = then.get("helpers") or {}, code.get("helpers") or {}
-            changed = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
-            return f"helper module {', '.join(changed)} changed"
+            modules = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
+            return f"helper module {', '.join(modules)} changed"
         if _lists(previous.get("split_stack", [])) != _lists(split_stack):
             frame = next(
                 (
@@ -250,7 +250,7 @@ class ReusePlan:
         record = self._run_record(previous["run_id"])
         return self._value_text((record.get("parameters") or {}).get(name), name)
 
-    def _value_text(self, entry: dict | None, name: str) -> str:
+    def _value_text(self, entry: ArtifactEntry | None, name: str) -> str:
         if entry is None:
             return "(none)"
         try:
@@ -266,7 +266,7 @@ class ReusePlan:
         task_id: str,
         split_stack: list[Frame],
         parents: list[ParentInfo],
-    ) -> dict:
+    ) -> TaskRecord:
         """Write the reused task into this run (see the module's docstring)."""
         origin = decision.origin
         assert origin is not None
@@ -352,7 +352,9 @@ class ReusePlan:
             "It is not looked at for reuse.",
             use_index=run_id != self.run_id,
         )
+        # (annotated: mypy makes reversed() of records holding Any fields Any)
+        newest_first: Iterator[tuple[str, int, TaskRecord]] = reversed(found)
         return [
-            dict(record, task_id=task_id, run_id=run_id, step=step)
-            for task_id, _, record in reversed(found)
+            {**record, "task_id": task_id, "run_id": run_id, "step": step}
+            for task_id, _, record in newest_first
         ]

@@ -32,6 +32,9 @@ from .task import EXIT_CANNOT_RECORD, upload_logs
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, cast
+
     from ..datastore.schema import ArtifactEntry, ExceptionInfo, Frame, ParentInfo, TaskRecord
     from ..graph import StepNode
     from .reuse import Decision, ReusePlan
@@ -168,7 +171,7 @@ class Scheduler:
         self.queue: deque[PendingTask | PendingSplits] = deque()
         self.delayed: list[tuple[float, PendingTask]] = []
         self.running: dict[str, RunningTask] = {}
-        self.joins: dict[tuple, dict[int | str, ParentInfo | None]] = {}
+        self.joins: dict[tuple, dict[int | str, ParentInfo]] = {}
         self.only_steps = only_steps
         self.finished_records: list[TaskRecord] = []
         self.failures: list[str] = []
@@ -405,6 +408,8 @@ class Scheduler:
             )
         ):
             return False
+        if TYPE_CHECKING:  # only a plan gives an origin
+            assert plan is not None
         record = plan.clone(
             origin, self.run_id, pending.task_id, pending.split_stack, pending.parents
         )
@@ -481,6 +486,8 @@ class Scheduler:
         self._tail_logs(task, final=True)
         del self.running[task.pending.task_id]
         spec = task.spec
+        # the attempt's record; when it is corrupt, a stand-in (status, exception)
+        record: Mapping[str, Any] | None
         try:
             record = self.datastore.read_attempt_done(
                 self.flow, self.run_id, spec.step, spec.task_id, spec.attempt, spec.record_copy
@@ -496,6 +503,8 @@ class Scheduler:
                 self._warmed.add(module)
                 self.executor.warm(module)
         if code == 0 and record and record.get("status") == "successful":
+            if TYPE_CHECKING:  # a successful attempt's own record
+                record = cast("TaskRecord", record)
             self.finished_records.append(record)
             self.console.message(f"[{task.prefix}] Task finished successfully.")
             self.on_event("task_finished", {"step": spec.step, "task_id": spec.task_id})
@@ -503,7 +512,7 @@ class Scheduler:
             return
         self._fail(task, code, record)
 
-    def _fail(self, task: RunningTask, code: int, record: TaskRecord | None) -> None:
+    def _fail(self, task: RunningTask, code: int, record: Mapping[str, Any] | None) -> None:
         spec = task.spec
         pending = task.pending
         settings = self.settings[spec.step]
@@ -549,7 +558,8 @@ class Scheduler:
             self.delayed.append((time.time() + delay, retry))
             return
         if pending.caught is None and settings["catch"] is not None:
-            exception = dict((record or {}).get("exception") or {})
+            # a copy of the attempt's ExceptionInfo ({} when it has none: then TaskKilled's)
+            exception: Any = dict((record or {}).get("exception") or {})
             if not exception:
                 exception = {"type": "TaskKilled", "message": reason, "traceback": ""}
             if settings["catch"]["print_exception"]:
@@ -577,7 +587,7 @@ class Scheduler:
             return
         parent = parent_info(self.flow, record)
         stack = record.get("split_stack", [])
-        transition = record.get("next") or {}
+        transition: Mapping[str, Any] = record.get("next") or {}
         if node.foreach is not None:
             count = transition["num_splits"]
             if count > self.max_num_splits:
@@ -617,6 +627,8 @@ class Scheduler:
             parents = [parent] if parent is not None else []
             self.queue.append(PendingTask(step, self._new_task_id(), parents, stack))
             return
+        if TYPE_CHECKING:  # only the start task, never a join, has no parent
+            assert parent is not None
         top = stack[-1]
         key = join_key(step, stack)
         arrivals = self.joins.setdefault(key, {})

@@ -126,7 +126,8 @@ def serve(channel: Channel, handler: Callable[[Any], int], pending: list | None 
         server.fork_spare()
         while True:
             server.reap()
-            readable, _, _ = select.select([channel, wake_r], [], [])
+            watched: list[Channel | int] = [channel, wake_r]
+            readable, _, _ = select.select(watched, [], [])
             if wake_r in readable:
                 try:
                     while os.read(wake_r, 4096):

@@ -32,7 +32,10 @@ from .spec import TaskSpec
 
 TYPE_CHECKING = False  # typing costs ~6 ms to import; annotations are strings here
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from typing import Any, cast
+
+    from ..flowspec import FlowSpec
 
 #: Modules the run path imports only when a value needs them (cloudpickle: see
 #: datastore/pickling.py; hashlib: see datastore/hashing.py).
@@ -147,6 +150,8 @@ def _run_attempt(
         tags=list(spec.tags),
         username=spec.user,
     )
+    if TYPE_CHECKING:  # (every flow class is a FlowSpec subclass)
+        flow_cls = cast("type[FlowSpec]", flow_cls)
     instance = flow_cls.__new__(flow_cls)
     object.__setattr__(instance, "_fb", context)
     record: dict[str, Any]
@@ -251,7 +256,7 @@ def _store_caught_exception(
     node = graph[spec.step]
     settings = step_settings(node.decorators, spec.step)
     var = (settings["catch"] or {}).get("var")
-    exc = spec.caught or {}
+    exc: Mapping[str, Any] = spec.caught or {}
     if var:
         setattr(
             instance,
@@ -296,7 +301,7 @@ def format_user_traceback(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc}\n"
     import traceback  # only when a step fails: it costs ~4 ms to import
 
-    te = traceback.TracebackException.from_exception(exc)
+    te: traceback.TracebackException | None = traceback.TracebackException.from_exception(exc)
     chain = []
     while te is not None:
         chain.append(te)

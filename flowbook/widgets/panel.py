@@ -189,7 +189,7 @@ class FlowPanel(widgets.VBox):
         self._last_refresh = 0.0
         self._syncing = False  # True while the pickers follow the shown run
         self._foreach_values: dict[str, Any] = {}  # foreach artifacts, by blob name
-        self._frames_read: set[tuple[str, str, str]] = set()
+        self._frames_read: set[tuple[str | None, str, str]] = set()
         self._auto_load_name = ""  # the name the Load box was given for the last selection
         self.title = widgets.HTML()
         self.dashboard: str | None = None  # the cluster's, while a run on one is shown

@@ -8,8 +8,12 @@ it; tests check it without a browser.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..datastore.schema import TaskRecord
 
 NOT_RUN, RUNNING, DONE, FAILED, STALE = "not-run", "running", "done", "failed", "stale"
 STATES = (NOT_RUN, RUNNING, DONE, FAILED, STALE)
@@ -187,7 +191,7 @@ class RunState:
     def from_records(
         cls,
         steps: list[str],
-        records: dict[str, list[dict]],
+        records: dict[str, list[TaskRecord]],
         stale: set[str],
         pathspec: str | None = None,
     ) -> RunState:
@@ -227,7 +231,7 @@ class RunState:
         return "\n".join(lines)
 
 
-def foreach_frame(record: dict) -> dict | None:
+def foreach_frame(record: Mapping[str, Any]) -> dict | None:
     """The innermost foreach frame of a task record (its split index and foreach blob)."""
     frames = record.get("foreach_stack") or []
     return dict(frames[-1]) if frames else None
