@@ -495,9 +495,10 @@ import cloudpickle
 
 from flowbook.cli.entry import main
 
-with open({pickled!r}, "rb") as handle:
-    flow_cls, graph = cloudpickle.load(handle)
-main(flow_cls, graph=graph)
+if __name__ == "__main__":
+    with open({pickled!r}, "rb") as handle:
+        flow_cls, graph = cloudpickle.load(handle)
+    main(flow_cls, graph=graph)
 """
 
 

@@ -20,7 +20,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import MOTO_BUCKET, TEST_USER, TRACEBACK, FlowResult, FlowRunner
+from conftest import (
+    MOTO_BUCKET,
+    TEST_USER,
+    TRACEBACK,
+    FlowResult,
+    FlowRunner,
+    example_source,
+)
 
 distributed = pytest.importorskip("distributed")
 
@@ -445,6 +452,22 @@ def test_a_worker_killed_mid_task_fails_the_attempt_and_retry_runs_elsewhere(
         assert task.current_attempt == 1
 
 
+def test_a_run_killed_with_sigkill_takes_its_tasks_off_the_workers(on_dask, tmp_path):
+    marker = tmp_path / "task.pid"
+    proc = _popen(on_dask, LONG_ONCE.format(marker=str(marker)), *on_dask.args("run"))
+    task_pid = _wait_for(marker, proc)
+    proc.kill()  # kill -9 of `python flow.py run`: no chance to stop anything itself
+    proc.communicate(timeout=30)
+    # Dask cancels the vanished client's tasks; the worker stops the task's process
+    deadline = time.time() + 20
+    while _alive(task_pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(task_pid)
+    # and the worker is free for the next run
+    again = on_dask(example_source("helloworld"), "run", timeout=120)
+    assert again.returncode == 0, again
+
+
 def test_the_scheduler_going_away_fails_the_run_clearly(run_flow, moto_s3, tmp_path):
     own = tmp_path / "own"
     own.mkdir()
@@ -521,6 +544,26 @@ def test_an_unreachable_scheduler_is_refused(run_flow):
     assert TRACEBACK not in result.output
 
 
+@pytest.mark.parametrize(
+    ("content", "args", "needle"),
+    [
+        ("{bad", ["--dask-scheduler-file", "sched.json"], "sched.json: it is not JSON text."),
+        ("{}", ["--dask-scheduler-file", "sched.json"], "it names no scheduler address."),
+        (None, ["--dask-scheduler-file", "gone.json"], "file gone.json does not exist."),
+        (None, ["--dask-scheduler", "foo://bar"], "unknown address scheme 'foo'"),
+    ],
+)
+def test_a_bad_scheduler_file_or_address_is_one_line_at_once(run_flow, content, args, needle):
+    if content is not None:
+        (run_flow.workdir / "sched.json").write_text(content)
+    started = time.time()
+    result = run_flow("nested", "run", "--executor", "dask", *args)
+    assert result.returncode != 0
+    assert needle in result.output, result.output
+    assert TRACEBACK not in result.output and "Exception ignored" not in result.output
+    assert time.time() - started < 20  # not Dask's 30 s wait to close a client
+
+
 def test_executor_from_the_environment_and_the_runner(run_flow, dask_cluster):
     from flowbook import Runner
 
@@ -539,6 +582,41 @@ def test_executor_from_the_environment_and_the_runner(run_flow, dask_cluster):
     )
     assert result.returncode == 0, result
     assert f"Running tasks on Dask scheduler {dask_cluster.address}" in result.output
+
+
+NB_RUNNER_SCRIPT = """
+from flowbook import FlowSpec, NBRunner, step
+
+
+class CellFlow(FlowSpec):  # defined in __main__, as in a notebook's cell
+    @step
+    def start(self):
+        self.x = 41
+        self.next(self.end)
+
+    @step
+    def end(self):
+        self.x += 1
+
+
+run = NBRunner(CellFlow, show_output=False, executor="dask", dask_scheduler={address!r}).nbrun()
+print("result", run.successful, run.data.x)
+"""
+
+
+def test_nbrunner_runs_a_class_sent_from_a_notebook_on_dask(on_dask):
+    script = on_dask.runner.workdir / "cell.py"
+    script.write_text(NB_RUNNER_SCRIPT.format(address=on_dask.cluster.address))
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=on_dask.runner.workdir,
+        env=on_dask.runner.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "result True 42" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_no_scheduler_starts_a_local_cluster_and_says_so(run_flow):
@@ -627,6 +705,31 @@ def test_resources_map_to_the_dask_resources_the_workers_declare(tmp_path):
     assert executor._resources("end") is None
     executor.worker_resources = set()  # workers without resources: nothing asked
     assert executor._resources("start") is None
+
+
+def test_a_step_no_worker_can_take_is_refused_before_the_run(tmp_path):
+    from flowbook.graph import FlowGraph
+    from flowbook.loader import load_flow_class
+    from flowbook.runtime.dask_executor import DaskExecutor, DaskSetupError
+
+    path = tmp_path / "resources_flow.py"
+    path.write_text(RESOURCES)
+    executor = DaskExecutor.__new__(DaskExecutor)
+    executor.graph = FlowGraph.from_flow_class(load_flow_class(str(path)))
+    executor.worker_resources = {"CPU", "MEMORY"}
+    small = {"resources": {"CPU": 4, "MEMORY": 1e9}}  # 1e9 bytes < 1000 MiB
+    big = {"resources": {"CPU": 1, "MEMORY": 2e9}}
+    with pytest.raises(DaskSetupError) as refused:
+        executor._check_resources({"workers": {"tcp://a:1": small, "tcp://b:1": big}})
+    assert str(refused.value) == (
+        "Flow ResourcesFlow, step 'start': @resources asks for CPU=2 MEMORY=1.04858e+09 "
+        "(MEMORY in bytes: @resources' memory is in MiB), but no Dask worker has that much "
+        "(the most any worker declares: CPU=4 MEMORY=2e+09); lower @resources or start "
+        "workers with more."
+    )
+    # one worker with both is enough
+    fits = {"resources": {"CPU": 2, "MEMORY": 2e9}}
+    executor._check_resources({"workers": {"tcp://a:1": small, "tcp://c:1": fits}})
 
 
 def test_flow_run_in_a_kernel_runs_on_dask(tmp_path, dask_cluster, monkeypatch):

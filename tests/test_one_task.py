@@ -541,6 +541,14 @@ def test_a_failing_step_with_retries_left_then_none_then_resume_completes_the_ru
         assert marked.returncode == 0, marked
     status = ds.read_run_status("FlakyFlow", run)
     assert status["failures"][-1] == "workflow failed" and len(status["failures"]) == 2
+    # a failed run gains no task: neither an attempt beyond the retries, nor a split
+    # not run yet, nor the end task (which would mark the run successful)
+    beyond = flaky.command(*args, "--retry-count", "2")
+    assert_refused(beyond, f"run {run} has failed (step 'body'", "resume --origin-run-id")
+    other = ["step", "body", "--run-id", run, "--task-id", "t-late", "--input-paths", start]
+    assert_refused(flaky.command(*other, "--split-index", "2"), f"run {run} has failed")
+    assert ds.read_run_status("FlakyFlow", run)["failures"] == status["failures"]
+    assert not ds.task_attempts("FlakyFlow", run, "body", "t-late")
     # resumed locally: only the failed split and what follows run again
     resumed = flaky.runner(None, "resume", "--origin-run-id", run)
     assert resumed.returncode == 0, resumed
@@ -548,6 +556,42 @@ def test_a_failing_step_with_retries_left_then_none_then_resume_completes_the_ru
     assert resumed.stdout.count("Cloned from") == 2  # start and split 0
     # and `resume` without an origin finds this run: it is the latest
     assert flaky.runner(None, "resume").returncode == 0
+
+
+def test_an_attempt_beyond_the_retries_is_refused(flaky):
+    start = _start(flaky)
+    args = ["step", "body", "--run-id", flaky.run_id, "--task-id", "t-1", "--input-paths", start]
+    beyond = flaky.command(*args, "--split-index", "0", "--retry-count", "1")
+    assert_refused(beyond, "--retry-count 1 is beyond the step's retries (0)")
+    ds = Datastore(str(flaky.runner.datastore))
+    assert not ds.task_attempts("FlakyFlow", flaky.run_id, "body", "t-1")
+
+
+def test_a_step_outside_any_split_has_one_task_per_run(flaky):
+    parameters = flaky.init()
+    first = flaky.step("start", parameters)
+    again = flaky.command(
+        "step", "start", "--run-id", flaky.run_id, "--task-id", "s-2", "--input-paths", parameters
+    )
+    assert_refused(again, f"has its task of step 'start' already ({first.split('/', 1)[1]})")
+    ds = Datastore(str(flaky.runner.datastore))
+    assert ds.list_tasks("FlakyFlow", flaky.run_id, "start") == [first.rsplit("/", 1)[1]]
+    # the same task id again is the orchestrator retrying it: not refused, not re-run
+    task_id = first.rsplit("/", 1)[1]
+    same = flaky.command(
+        "step", "start", "--run-id", flaky.run_id, "--task-id", task_id, "--input-paths", parameters
+    )
+    assert same.returncode == 0 and "not run again" in same.output, same
+
+
+def test_finishing_a_run_marked_failed_meanwhile_keeps_it_failed(run_flow):
+    from flowbook.runtime.one_task import finish_run
+
+    ds = Datastore(str(run_flow.datastore))
+    failed = {"successful": False, "finished_at": 1.0, "failures": ["workflow timed out"]}
+    ds.write_run_status("SomeFlow", "r-1", failed)
+    finish_run(ds, "SomeFlow", "r-1", quiet=True)
+    assert ds.read_run_status("SomeFlow", "r-1") == failed
 
 
 def test_a_run_marked_failed_by_its_exit_handler_after_success_stays_successful(run_flow):

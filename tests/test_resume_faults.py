@@ -401,6 +401,32 @@ def test_catch_stores_the_exception_and_timeout_kills_the_task(run_flow, client)
     assert resources["attributes"]["cpu"] == 2
 
 
+CATCH_WITHOUT_FAILURE = """
+from flowbook import FlowSpec, step, catch
+
+class Calm(FlowSpec):
+    @catch(var="compute_failed")
+    @step
+    def start(self):
+        self.compute_failed = "set by the step"  # Metaflow sets it to None all the same
+        self.next(self.end)
+
+    @step
+    def end(self):
+        print("failed?", self.compute_failed)
+
+if __name__ == "__main__":
+    Calm()
+"""
+
+
+def test_catch_var_is_none_when_the_step_succeeds(run_flow, client):
+    result = run_flow(CATCH_WITHOUT_FAILURE, "run")
+    assert result.returncode == 0, result
+    assert "failed? None" in result.output
+    assert client.Flow("Calm").latest_run["start"].task.data.compute_failed is None
+
+
 CURRENT = """
 from flowbook import FlowSpec, Parameter, step, current
 

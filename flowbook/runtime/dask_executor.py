@@ -247,8 +247,16 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
     try:
         server.client.submit(token, spec)
         announced = False
+        abandoned = False
         while token not in server.exits and not server.lost:
             server.poll(token, 0.1)
+            if not abandoned and _abandoned(worker, token):
+                # the client that submitted it is gone (its run was killed): Dask
+                # cancelled the task but cannot stop this thread; stop the task here
+                abandoned = True
+                from . import signals
+
+                server.client.kill(token, signals.SIGKILL)
             if not announced and token in server.started:
                 announced = True
                 event = {"t": token, "k": key, "e": "start", "pid": server.started[token]}
@@ -292,6 +300,13 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
     return code
 
 
+def _abandoned(worker: Any, token: str) -> bool:
+    """Whether Dask no longer wants this task's result: the scheduler released it
+    (its client disconnected, or cancelled it), so the worker marked it cancelled."""
+    state = worker.state.tasks.get(f"flowbook-{token}")
+    return state is None or state.state == "cancelled"
+
+
 class _Tail:
     """What was appended to a task's log file since the last look, sent as an event."""
 
@@ -332,6 +347,37 @@ def worker_facts(paths: list[str]) -> dict:
     return {"host": socket.gethostname(), "missing": [p for p in paths if not os.path.exists(p)]}
 
 
+def _address_in(scheduler_file: str) -> str:
+    """The scheduler's address a Dask scheduler file holds; DaskSetupError naming the
+    file when it has none."""
+    from .. import jsonio
+
+    where = f"Cannot use the Dask scheduler file {scheduler_file}"
+    try:
+        with open(scheduler_file, encoding="utf-8") as handle:
+            info = jsonio.loads(handle.read())
+    except OSError as exc:
+        raise DaskSetupError(f"{where}: {exc.strerror or exc}.") from None
+    except ValueError:
+        raise DaskSetupError(f"{where}: it is not JSON text.") from None
+    address = info.get("address") if isinstance(info, dict) else None
+    if not isinstance(address, str) or not address:
+        raise DaskSetupError(f"{where}: it names no scheduler address.")
+    return address
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address whose scheme Dask does not know, before Dask tries it."""
+    from distributed.comm.registry import backends
+
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    if scheme not in backends:
+        raise DaskSetupError(
+            f"Cannot connect to the Dask scheduler {address}: unknown address scheme "
+            f"'{scheme}' (Dask knows {', '.join(sorted(backends))})."
+        )
+
+
 def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
     """How a worker loads this flow: ``["file", path, class, decospecs]`` for a flow
     file (the same path on the workers), ``["pickled", digest, base64]`` for a
@@ -343,8 +389,10 @@ def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
         f"{d.name}:" + ",".join(f"{k}={v!r}" for k, v in d.attributes.items())
         for d in graph.cli_decorators
     ]
-    # a notebook's flow (notebook/builder.py marks it), headless or from a kernel
-    if path.endswith(".ipynb") or "_flowbook_graph" in vars(flow_cls):
+    # a notebook's flow (notebook/builder.py marks it), headless or from a kernel, or
+    # a class its file does not define (NBRunner's script unpickles one it was sent)
+    defined_there = module is not None and vars(module).get(flow_cls.__name__) is flow_cls
+    if path.endswith(".ipynb") or "_flowbook_graph" in vars(flow_cls) or not defined_there:
         import base64
         import hashlib
 
@@ -352,7 +400,7 @@ def flow_loader(flow_cls: type, graph: FlowGraph) -> list:
 
         data = cloudpickle.dumps((flow_cls, graph))
         return ["pickled", hashlib.sha256(data).hexdigest(), base64.b64encode(data).decode()]
-    if path.endswith(".py") and os.path.isfile(path):
+    if path and os.path.isfile(path):  # (any suffix: `flowbook run myflow` too)
         return ["file", os.path.abspath(path), flow_cls.__name__, decospecs]
     raise FlowbookError(
         f"Flow {flow_cls.__name__} has no file the Dask workers can load it from "
@@ -445,6 +493,13 @@ class DaskExecutor(TaskExecutor):
             self.warm_modules = datastore.storage.task_modules()
         self.cluster = None
         self.address = address or scheduler_file or ""
+        source = ""
+        if scheduler_file:
+            address = _address_in(scheduler_file)  # Dask's own reading fails obscurely
+            self.address, source = address, f" (from {scheduler_file})"
+            scheduler_file = None
+        if address:
+            _check_address(address)
         try:
             if address or scheduler_file:
                 self.client = distributed.Client(
@@ -461,9 +516,9 @@ class DaskExecutor(TaskExecutor):
                 self.client = distributed.Client(self.cluster, set_as_default=False)
                 self.address = self.cluster.scheduler_address
         except (OSError, TimeoutError, ValueError) as exc:
-            where = address or f"scheduler file {scheduler_file}"
             raise DaskSetupError(
-                f"Cannot connect to the Dask scheduler {where}: {str(exc).splitlines()[0]}"
+                f"Cannot connect to the Dask scheduler {self.address}{source}: "
+                f"{str(exc).splitlines()[0]}"
             ) from None
         self.events: queue.Queue = queue.Queue()
         self.topic = f"flowbook-{uuid.uuid4().hex}"
@@ -484,6 +539,11 @@ class DaskExecutor(TaskExecutor):
         self.worker_resources: set[str] = set()
         for worker in info.get("workers", {}).values():
             self.worker_resources.update((worker.get("resources") or {}).keys())
+        try:
+            self._check_resources(info)
+        except BaseException:
+            self.close()
+            raise
         dashboard = self.client.dashboard_link
         self.dashboard_link = dashboard
         count = len(info.get("workers", {}))
@@ -532,6 +592,29 @@ class DaskExecutor(TaskExecutor):
         _, message = event
         if isinstance(message, dict) and message.get("action") == "remove-worker":
             self.events.put((None, {"e": "worker-lost", "w": message.get("worker")}))
+
+    def _check_resources(self, info: dict) -> None:
+        """Refuse a step whose ``@resources`` no single worker has: Dask would hold
+        its task forever, waiting for a worker that will never come."""
+        workers = {a: w.get("resources") or {} for a, w in info.get("workers", {}).items()}
+        for step in self.graph.nodes:
+            wanted = self._resources(step)
+            if not wanted or not workers:
+                continue
+            if any(
+                all(have.get(k, 0) >= v for k, v in wanted.items()) for have in workers.values()
+            ):
+                continue
+            asked = " ".join(f"{k}={v:g}" for k, v in sorted(wanted.items()))
+            largest = " ".join(
+                f"{k}={max(have.get(k, 0) for have in workers.values()):g}" for k in sorted(wanted)
+            )
+            raise DaskSetupError(
+                f"Flow {self.graph.name}, step '{step}': @resources asks for {asked} "
+                f"(MEMORY in bytes: @resources' memory is in MiB), but no Dask worker has "
+                f"that much (the most any worker declares: {largest}); lower @resources "
+                "or start workers with more."
+            )
 
     def _resources(self, step: str) -> dict | None:
         if not self.worker_resources:

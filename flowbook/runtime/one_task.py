@@ -186,13 +186,30 @@ def _mark_failed(datastore: Datastore, flow: str, run_id: str, failure: str) -> 
     return True
 
 
+def _check_only_task(datastore: Datastore, flow: str, run_id: str, step: str, task_id: str) -> None:
+    """A step outside every split (start, end, a step after the last join) has one
+    task per run: refuse a second task id once another has succeeded."""
+    for other in datastore.list_tasks(flow, run_id, step):
+        if other != task_id and latest_successful(datastore, flow, run_id, step, other):
+            raise FlowbookError(
+                f"Flow {flow}: run {run_id} has its task of step '{step}' already "
+                f"({step}/{other}); a step outside any split has one task per run, so "
+                f"{step}/{task_id} cannot be added."
+            )
+
+
 def finish_run(datastore: Datastore, flow: str, run_id: str, quiet: bool = False) -> None:
     """Mark a run whose end task succeeded finished and successful: the step indexes
     (every task's final record, as ``run_flow`` writes them) and ``status.json``.
-    A run already marked successful (a retried end task) is left as it is."""
+    A run already marked successful (a retried end task) is left as it is, and so is
+    one marked failed meanwhile (an exit handler's verdict is never erased)."""
     status = _status(datastore, flow, run_id)
     if status is not None and status.get("successful"):
         _say(f"Flow {flow}: run {run_id} had finished successfully already.", quiet=quiet)
+        return
+    if status is not None:
+        failures = status.get("failures") or ["no reason recorded"]
+        _say(f"Flow {flow}: run {run_id} stays failed ({failures[0]}).", error=True)
         return
     try:
         datastore.write_step_indexes(flow, run_id, final_task_records(datastore, flow, run_id))
@@ -458,6 +475,19 @@ def run_step(
             f"Flow {flow}: run {run_id} has finished successfully; it cannot gain task "
             f"{step}/{task_id}."
         )
+    if status is not None:  # a run marked failed stays failed: resume makes a new run
+        failures = status.get("failures") or ["no reason recorded"]
+        raise FlowbookError(
+            f"Flow {flow}: run {run_id} has failed ({failures[0]}); it cannot gain task "
+            f"{step}/{task_id}. Resume it as a new run: resume --origin-run-id {run_id}."
+        )
+    if retry_count > retries:
+        raise FlowbookError(
+            f"[{task.short}] --retry-count {retry_count} is beyond the step's retries "
+            f"({retries}); the task had its last attempt."
+        )
+    if not stack:
+        _check_only_task(datastore, flow, run_id, step, task_id)
     attempts = datastore.task_attempts(flow, run_id, step, task_id)
     if spec.attempt in attempts:  # an earlier process of this attempt left records
         spec.attempt = max(attempts) + 1

@@ -164,6 +164,7 @@ def _run_attempt(
                 step_function(instance, context.make_inputs())
             else:
                 step_function(instance)
+            _clear_catch_var(instance, node, spec.step)
         transition = _check_transition(context, graph, spec)
         foreach = transition.get("foreach")
         if foreach:
@@ -247,6 +248,14 @@ def _run_attempt(
 
 class _RecordLost(Exception):
     """The record of a failed attempt could not be written (see ``_tell_terminal``)."""
+
+
+def _clear_catch_var(instance: Any, node: Any, step: str) -> None:
+    """``@catch(var=...)`` on a step that succeeded: the variable is None, as in
+    Metaflow, so that a later step can test it either way."""
+    catch = step_settings(node.decorators, step)["catch"]
+    if catch and catch.get("var"):
+        setattr(instance, catch["var"], None)
 
 
 def _store_caught_exception(
