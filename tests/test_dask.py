@@ -468,6 +468,40 @@ def test_a_run_killed_with_sigkill_takes_its_tasks_off_the_workers(on_dask, tmp_
     assert again.returncode == 0, again
 
 
+UNLOADABLE_ON_WORKERS = """
+import sys
+from flowbook import FlowSpec, step
+
+if sys.argv[0].endswith("server.py"):  # a worker's task server, not `python flow.py`
+    import helper_only_on_the_laptop
+
+
+class UnloadableFlow(FlowSpec):
+    @step
+    def start(self):
+        self.next(self.end)
+
+    @step
+    def end(self):
+        pass
+
+
+if __name__ == "__main__":
+    UnloadableFlow()
+"""
+
+
+def test_a_flow_the_workers_cannot_import_fails_naming_the_import_error(on_dask):
+    result = on_dask(UNLOADABLE_ON_WORKERS, "run", timeout=120)
+    assert result.returncode == 1, result
+    expected = (
+        "could not load the flow: ModuleNotFoundError: No module named 'helper_only_on_the_laptop'"
+    )
+    failed = [line for line in result.output.splitlines() if "Task failed:" in line]
+    assert failed and expected in failed[0], result.output
+    assert "killed by signal" not in result.output, result.output
+
+
 def test_the_scheduler_going_away_fails_the_run_clearly(run_flow, moto_s3, tmp_path):
     own = tmp_path / "own"
     own.mkdir()
@@ -533,6 +567,19 @@ def test_an_unknown_executor_is_refused(run_flow):
     assert result.returncode != 0
     assert "--executor 'ray': expected one of local, dask" in result.output
     assert TRACEBACK not in result.output
+    result = run_flow(None, "run", env={"FLOWBOOK_EXECUTOR": "daks"})
+    assert result.returncode != 0
+    assert "FLOWBOOK_EXECUTOR 'daks': expected one of local, dask" in result.output
+
+
+def test_a_scheduler_given_for_a_local_run_is_pointed_out(run_flow):
+    result = run_flow("nested", "run", "--dask-scheduler", "tcp://127.0.0.1:9")
+    assert result.returncode == 0, result
+    assert "Warning: --dask-scheduler is for --executor dask; this run's tasks run on " in (
+        result.output
+    )
+    quiet = run_flow(None, "run", env={"FLOWBOOK_DASK_SCHEDULER": "tcp://127.0.0.1:9"})
+    assert quiet.returncode == 0 and "Warning" not in quiet.output, quiet
 
 
 def test_an_unreachable_scheduler_is_refused(run_flow):

@@ -241,6 +241,7 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
         # scheduler with the exit event: the scheduler need not fetch it from S3
         spec.record_copy = os.path.join(os.path.dirname(spec.stdout_path), "done.json")
     record = None
+    lost: str | None = None
     server = _server_for(message["loader"], message.get("warm", []), spec.datastore_url)
     tails = [_Tail(spec.stdout_path, "out"), _Tail(spec.stderr_path, "err")]
     _RUNNING[token] = server
@@ -274,7 +275,8 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
             for tail in tails:
                 tail.send(worker, topic, token)
         if server.lost:
-            data = f"flowbook: on Dask worker {worker.address}, {server.lost}\n".encode()
+            lost = server.lost
+            data = f"flowbook: on Dask worker {worker.address}, {lost}\n".encode()
             worker.log_event(topic, {"t": token, "e": "err", "d": data})
     finally:
         _RUNNING.pop(token, None)
@@ -294,6 +296,8 @@ def run_on_worker(token: str, key: str, payload: bytes, topic: str, forward_logs
             except OSError:
                 pass
     exited = {"t": token, "k": key, "e": "exit", "code": code}
+    if lost:  # what ended it, in words: better than the -9 it is given
+        exited["why"] = f"on Dask worker {worker.address}, {lost}"
     if record is not None:
         exited["r"] = record
     worker.log_event(topic, exited)
@@ -775,7 +779,7 @@ class DaskExecutor(TaskExecutor):
                 from ..datastore.storage import replace_file
 
                 replace_file(submission.spec.record_copy, message["r"])
-            self._exited(submission, int(message["code"]), results)
+            self._exited(submission, int(message["code"]), results, message.get("why"))
         elif kind == "done":
             self._future_done(submission, results)
 

@@ -102,8 +102,17 @@ def start_cluster_executor(
     if kind not in EXECUTORS:
         from ..exceptions import FlowbookError
 
-        raise FlowbookError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}.")
+        from_env = os.environ.get("FLOWBOOK_EXECUTOR") == kind
+        given = "FLOWBOOK_EXECUTOR" if from_env else "--executor"
+        raise FlowbookError(f"{given} {kind!r}: expected one of {', '.join(EXECUTORS)}.")
     if kind == "local":
+        for option in ("dask_scheduler", "dask_scheduler_file"):
+            value = settings.get(option)  # (an environment's default says nothing)
+            if value and value != os.environ.get("FLOWBOOK_DASK_SCHEDULER"):
+                console.error(
+                    f"Warning: --{option.replace('_', '-')} is for --executor dask; "
+                    "this run's tasks run on this machine."
+                )
         return None
     from .dask_executor import DaskExecutor, scheduler_from_env
 

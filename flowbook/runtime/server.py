@@ -356,6 +356,11 @@ class TaskServerClient(TaskExecutor):
             return []
         events: list[TaskStarted | TaskExited] = []
         for message in self.read_events():
+            if message[0] == "unable":
+                self._how_it_ended()  # reaps it
+                raise ExecutorLost(
+                    f"the task server (pid {self.server_pid}) could not load the flow: {message[1]}"
+                )
             if message[0] == "started":
                 self._pids[message[1]] = message[2]
                 events.append(TaskStarted(message[1], message[2]))
@@ -449,7 +454,15 @@ def _spawned_main(read_fd: int, write_fd: int) -> None:
         if received is None:
             return
         messages.extend(received)
-    handler = _handler_from_init(messages[0])
+    try:
+        handler = _handler_from_init(messages[0])
+    except BaseException as exc:  # the flow does not load here: say why, then end
+        import traceback
+
+        traceback.print_exc()  # whole, for the log of whoever started this server
+        text = str(exc).strip().splitlines()
+        channel.send(("unable", f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")))
+        raise SystemExit(2) from None
     serve(channel, handler, pending=messages[1:])
 
 
